@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs (if missing) and starts the services the test suite talks to, all
+# on loopback: PostgreSQL 15 with a role that may create databases.
+set -euo pipefail
+
+need_apt=()
+command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Start the first PostgreSQL cluster on this machine (create one if none).
+if ! pg_lsclusters -h | grep -q .; then
+  ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  pg_createcluster "$ver" main
+fi
+read -r ver name port status _ < <(pg_lsclusters -h | head -1)
+if [ "$status" != online ]; then
+  pg_ctlcluster "$ver" "$name" start
+fi
+for _ in $(seq 1 50); do
+  su postgres -c "psql -p $port -qAtc 'select 1'" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+if [ "$port" != 5432 ]; then
+  echo "warning: PostgreSQL listens on $port; set TEST_POSTGRES_URL accordingly" >&2
+fi
+su postgres -c "psql -p $port -v ON_ERROR_STOP=1 -qAt" <<'SQL'
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'duckpond_test') THEN
+    CREATE ROLE duckpond_test LOGIN CREATEDB PASSWORD 'duckpond_test';
+  END IF;
+END
+$$;
+SQL
+# Drop databases left by earlier runs so they do not pile up.
+for db in $(su postgres -c "psql -p $port -qAtc \"select datname from pg_database where datname like 'duckpond_test_%'\""); do
+  su postgres -c "psql -p $port -qAtc 'DROP DATABASE IF EXISTS $db'" >/dev/null
+done
+echo "postgresql $ver/$name online on port $port"

@@ -1,0 +1,43 @@
+# DuckPond: the two commands of the README are `make run` and `make test`.
+#
+# One optimisation profile (release) serves run, test and bench, and the
+# target directory lives outside the clone, so DuckDB's ~19 minute C++ build
+# happens once per machine, not once per clone or profile.
+SHELL := /bin/bash
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/duckpond/target
+DUCKPOND_HOME ?= $(HOME)/.duckpond
+# Extension binaries for the test suite (the daemon's own live in $(DUCKPOND_HOME)/extensions).
+TEST_EXTENSION_DIR ?= $(HOME)/.cache/duckpond/extensions
+TEST_POSTGRES_URL ?= postgresql://duckpond_test:duckpond_test@127.0.0.1:5432/postgres
+BIN := $(CARGO_TARGET_DIR)/release/duckpond
+
+.PHONY: run test build extensions services fmt lint clean-home
+
+## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
+run: build
+	.ci/fetch-duckdb-extensions.sh $(DUCKPOND_HOME)/extensions
+	DUCKPOND_HOME=$(DUCKPOND_HOME) .ci/first-run.sh $(BIN)
+	DUCKPOND_HOME=$(DUCKPOND_HOME) $(BIN) api serve
+
+## Set up everything (packages, PostgreSQL, extensions) and run the whole suite.
+test: services
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_POSTGRES_URL=$(TEST_POSTGRES_URL) \
+		cargo test --release --locked --workspace --all-targets --no-fail-fast
+
+build:
+	cargo build --release --locked
+
+extensions:
+	.ci/fetch-duckdb-extensions.sh $(DUCKPOND_HOME)/extensions
+
+## Install and start what the tests talk to (PostgreSQL).
+services:
+	.ci/services.sh
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings

@@ -1,0 +1,242 @@
+//! Reaching an account's DuckLake: the pinned DuckDB's extensions, the catalog
+//! location, and a sandbox-ready in-memory DuckDB instance to attach it to.
+//!
+//! Extensions are never installed or autoloaded: DuckPond LOADs the official
+//! 1.5.5 binaries by absolute path from `duckdb.extension_directory`, so what
+//! runs is exactly what the setup step fetched.
+
+use std::path::{Path, PathBuf};
+
+use duckdb::{Config, Connection};
+
+/// The DuckDB release the `duckdb` crate bundles; extension binaries must match.
+pub const DUCKDB_VERSION: &str = "v1.5.5";
+
+/// Extensions the daemon loads at start, in load order.
+pub const REQUIRED_EXTENSIONS: [&str; 4] = ["sqlite_scanner", "postgres_scanner", "httpfs", "ducklake"];
+
+/// The command that fetches missing extension binaries into a directory.
+pub const FETCH_COMMAND: &str = ".ci/fetch-duckdb-extensions.sh";
+
+/// Errors reaching or creating a DuckLake.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// An extension binary is not where the configuration says.
+    #[error(
+        "DuckDB extension `{name}` not found: expected {expected} (duckdb.extension_directory = {dir}); \
+         fetch the official {DUCKDB_VERSION} binaries with `{FETCH_COMMAND} {dir}` (or `make extensions`)"
+    )]
+    MissingExtension {
+        /// Extension name.
+        name: &'static str,
+        /// Full path that was checked.
+        expected: String,
+        /// The configured directory.
+        dir: String,
+    },
+    /// This machine's platform has no official binaries we know of.
+    #[error("no DuckDB extension platform for {os}/{arch}")]
+    UnsupportedPlatform {
+        /// `std::env::consts::OS`.
+        os: &'static str,
+        /// `std::env::consts::ARCH`.
+        arch: &'static str,
+    },
+    /// DuckDB refused an operation; `context` says which.
+    #[error("{context}: {source}")]
+    DuckDb {
+        /// What was being done.
+        context: String,
+        /// DuckDB's error.
+        #[source]
+        source: duckdb::Error,
+    },
+    /// A filesystem operation on the lake's directories failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A round trip through a new catalog returned something else than written.
+    #[error("catalog round trip failed: {0}")]
+    RoundTrip(String),
+}
+
+impl LakeError {
+    fn duckdb(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Self {
+        let context = context.into();
+        move |source| LakeError::DuckDb { context, source }
+    }
+
+    /// True when the error is a missing extension binary (a setup problem).
+    pub fn is_missing_extension(&self) -> bool {
+        matches!(self, LakeError::MissingExtension { .. })
+    }
+}
+
+/// The verified set of extension binaries.
+#[derive(Debug, Clone)]
+pub struct Extensions {
+    dir: PathBuf,
+    platform_dir: PathBuf,
+}
+
+impl Extensions {
+    /// Checks that every [`REQUIRED_EXTENSIONS`] binary exists under `dir`.
+    pub fn locate(dir: &Path) -> Result<Self, LakeError> {
+        let platform = platform()?;
+        let platform_dir = dir.join(DUCKDB_VERSION).join(platform);
+        let me = Self { dir: dir.to_path_buf(), platform_dir };
+        for name in REQUIRED_EXTENSIONS {
+            let path = me.path_of(name);
+            if !path.is_file() {
+                return Err(LakeError::MissingExtension {
+                    name,
+                    expected: path.display().to_string(),
+                    dir: dir.display().to_string(),
+                });
+            }
+        }
+        Ok(me)
+    }
+
+    /// The configured directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the binary of `name` lives.
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.platform_dir.join(format!("{name}.duckdb_extension"))
+    }
+
+    /// LOADs every required extension into `conn`.
+    pub fn load_into(&self, conn: &Connection) -> Result<(), LakeError> {
+        for name in REQUIRED_EXTENSIONS {
+            let path = self.path_of(name);
+            let sql = format!("LOAD {}", sql_string(&path.display().to_string()));
+            conn.execute_batch(&sql)
+                .map_err(LakeError::duckdb(format!("loading DuckDB extension {}", path.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Opens an in-memory DuckDB with autoinstall and autoload off and every
+    /// required extension loaded. Proves at start that the binaries load.
+    pub fn open_instance(&self, settings: &InstanceSettings) -> Result<Connection, LakeError> {
+        let config = Config::default()
+            .with("autoinstall_known_extensions", "false")
+            .and_then(|c| c.with("autoload_known_extensions", "false"))
+            .and_then(|c| c.with("extension_directory", &self.dir.display().to_string()))
+            .and_then(|c| c.with("memory_limit", &format!("{}MB", settings.memory_limit_mb)))
+            .and_then(|c| c.threads(i64::from(settings.threads)))
+            .map_err(LakeError::duckdb("configuring DuckDB"))?;
+        let conn = Connection::open_in_memory_with_flags(config).map_err(LakeError::duckdb("opening DuckDB"))?;
+        self.load_into(&conn)?;
+        Ok(conn)
+    }
+}
+
+/// Resource settings of one DuckDB instance.
+#[derive(Debug, Clone, Copy)]
+pub struct InstanceSettings {
+    /// DuckDB `memory_limit`.
+    pub memory_limit_mb: u64,
+    /// DuckDB `threads`.
+    pub threads: u32,
+}
+
+fn platform() -> Result<&'static str, LakeError> {
+    match (std::env::consts::OS, std::env::consts::ARCH) {
+        ("linux", "x86_64") => Ok("linux_amd64"),
+        ("linux", "aarch64") => Ok("linux_arm64"),
+        ("macos", "x86_64") => Ok("osx_amd64"),
+        ("macos", "aarch64") => Ok("osx_arm64"),
+        (os, arch) => Err(LakeError::UnsupportedPlatform { os, arch }),
+    }
+}
+
+/// Quotes `s` as a SQL string literal.
+pub fn sql_string(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Where an account's DuckLake catalog and data files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogLocation {
+    /// The SQLite catalog file.
+    pub catalog_file: PathBuf,
+    /// Directory of the Parquet data files (ends up with a trailing slash).
+    pub data_path: PathBuf,
+}
+
+impl CatalogLocation {
+    /// The `ATTACH` statement for this catalog under `alias`.
+    pub fn attach_sql(&self, alias: &str, read_only: bool) -> String {
+        let mut data_path = self.data_path.display().to_string();
+        if !data_path.ends_with('/') {
+            data_path.push('/');
+        }
+        let target = format!("ducklake:sqlite:{}", self.catalog_file.display());
+        let ro = if read_only { ", READ_ONLY" } else { "" };
+        format!("ATTACH {} AS {alias} (DATA_PATH {}{ro})", sql_string(&target), sql_string(&data_path))
+    }
+
+    /// Creates the catalog (and its data directory) and proves it works by
+    /// writing, reading back and dropping a probe table.
+    pub fn create(&self, extensions: &Extensions, settings: &InstanceSettings) -> Result<(), LakeError> {
+        std::fs::create_dir_all(&self.data_path)
+            .map_err(|source| LakeError::Io { context: format!("creating {}", self.data_path.display()), source })?;
+        let conn = extensions.open_instance(settings)?;
+        conn.execute_batch(&self.attach_sql("lake", false))
+            .map_err(LakeError::duckdb(format!("creating DuckLake catalog {}", self.catalog_file.display())))?;
+        let probe = "lake.main.__duckpond_probe";
+        conn.execute_batch(&format!(
+            "CREATE TABLE {probe} (id INTEGER, label VARCHAR); INSERT INTO {probe} VALUES (1, 'duckpond'), (2, 'lake');"
+        ))
+        .map_err(LakeError::duckdb("writing the catalog probe table"))?;
+        let (count, labels): (i64, String) = conn
+            .query_row(&format!("SELECT count(*), string_agg(label, ',' ORDER BY id) FROM {probe}"), [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(LakeError::duckdb("reading the catalog probe table"))?;
+        if count != 2 || labels != "duckpond,lake" {
+            return Err(LakeError::RoundTrip(format!("read back {count} rows {labels:?}")));
+        }
+        conn.execute_batch(&format!("DROP TABLE {probe}; DETACH lake;"))
+            .map_err(LakeError::duckdb("dropping the catalog probe table"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_string_escapes_quotes() {
+        assert_eq!(sql_string("a'b"), "'a''b'");
+    }
+
+    #[test]
+    fn attach_sql_quotes_paths_and_marks_read_only() {
+        let loc = CatalogLocation { catalog_file: "/x/it's/catalog.sqlite".into(), data_path: "/x/data".into() };
+        assert_eq!(
+            loc.attach_sql("lake", true),
+            "ATTACH 'ducklake:sqlite:/x/it''s/catalog.sqlite' AS lake (DATA_PATH '/x/data/', READ_ONLY)"
+        );
+    }
+
+    #[test]
+    fn missing_extension_names_file_and_fetch_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Extensions::locate(dir.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_missing_extension());
+        assert!(msg.contains("sqlite_scanner.duckdb_extension"), "{msg}");
+        assert!(msg.contains(FETCH_COMMAND), "{msg}");
+    }
+}

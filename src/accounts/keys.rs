@@ -1,0 +1,102 @@
+//! API keys: `dpk_<id>_<secret>`.
+//!
+//! The id (64 random bits, hex) is public: it finds the row and names the key
+//! in listings. The secret (256 random bits, hex) is shown once and stored only
+//! as its SHA-256, compared in constant time. A fast hash is right here: with
+//! 256 bits of entropy there is nothing to brute-force, and authentication is
+//! on every request's path.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Every account key starts with this, so leaked keys are recognisable.
+pub const KEY_PREFIX: &str = "dpk_";
+const KEY_ID_BYTES: usize = 8;
+const SECRET_BYTES: usize = 32;
+
+/// A freshly generated key: the only time the secret exists in clear.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// Public id.
+    pub id: String,
+    /// The whole key to hand to the user.
+    pub token: String,
+    /// Hex SHA-256 of the secret, to store.
+    pub secret_sha256: String,
+}
+
+/// Generates a key from the OS random source.
+pub fn generate() -> NewKey {
+    let mut rng = rand::rngs::OsRng;
+    let mut id = [0u8; KEY_ID_BYTES];
+    let mut secret = [0u8; SECRET_BYTES];
+    rng.fill_bytes(&mut id);
+    rng.fill_bytes(&mut secret);
+    let id = hex::encode(id);
+    let secret = hex::encode(secret);
+    NewKey { token: format!("{KEY_PREFIX}{id}_{secret}"), secret_sha256: sha256_hex(&secret), id }
+}
+
+/// A presented key split into id and secret; `None` if it is not shaped like one.
+pub fn parse(token: &str) -> Option<(&str, &str)> {
+    let rest = token.strip_prefix(KEY_PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let is_hex = |s: &str, bytes: usize| s.len() == bytes * 2 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (is_hex(id, KEY_ID_BYTES) && is_hex(secret, SECRET_BYTES)).then_some((id, secret))
+}
+
+/// Whether `secret` hashes to `stored_sha256`, in constant time.
+pub fn secret_matches(secret: &str, stored_sha256: &str) -> bool {
+    sha256_hex(secret).as_bytes().ct_eq(stored_sha256.as_bytes()).into()
+}
+
+/// Compares two arbitrary strings (the admin key) in time independent of
+/// where they differ and of their lengths.
+pub fn constant_time_str_eq(a: &str, b: &str) -> bool {
+    Sha256::digest(a.as_bytes()).ct_eq(&Sha256::digest(b.as_bytes())).into()
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_match_their_hash() {
+        let k = generate();
+        let (id, secret) = parse(&k.token).expect("parses");
+        assert_eq!(id, k.id);
+        assert!(secret_matches(secret, &k.secret_sha256));
+        assert!(!secret_matches(&secret.replace('a', "b").replace('0', "1"), &k.secret_sha256));
+    }
+
+    #[test]
+    fn keys_are_unique_and_long() {
+        let a = generate();
+        let b = generate();
+        assert_ne!(a.token, b.token);
+        assert_ne!(a.id, b.id);
+        // 4 prefix + 16 id + 1 + 64 secret
+        assert_eq!(a.token.len(), 85);
+    }
+
+    #[test]
+    fn malformed_tokens_do_not_parse() {
+        for t in ["", "dpk_", "dpk_abc_def", "xyz_0011223344556677_00", "dpk_00112233445566zz_".to_string().as_str()] {
+            assert!(parse(t).is_none(), "{t}");
+        }
+        let good = generate().token;
+        assert!(parse(&good[..good.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn constant_time_eq_of_strings() {
+        assert!(constant_time_str_eq("admin-key", "admin-key"));
+        assert!(!constant_time_str_eq("admin-key", "admin-kez"));
+        assert!(!constant_time_str_eq("admin-key", "admin-key-longer"));
+    }
+}

@@ -1,0 +1,101 @@
+//! Where an account's files live: `<storage.local_path>/accounts/<id>/`.
+//!
+//! Everything of an account is below its root, so deleting the root deletes
+//! the account's data and nothing else, and the query sandbox can be limited
+//! to it.
+
+use std::path::{Path, PathBuf};
+
+use duckpond_compactor::CatalogLocation;
+
+use super::AccountId;
+
+/// The paths of one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountLayout {
+    root: PathBuf,
+}
+
+impl AccountLayout {
+    /// The layout of `id` under the storage root.
+    pub fn new(storage_root: &Path, id: &AccountId) -> Self {
+        Self { root: storage_root.join("accounts").join(id.as_str()) }
+    }
+
+    /// The account's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Parquet files of the account's DuckLake.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The account's write-ahead log.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.root.join("wal")
+    }
+
+    /// Uploads being received, before they reach the log.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// The account's marimo notebooks.
+    pub fn notebooks_dir(&self) -> PathBuf {
+        self.root.join("notebooks")
+    }
+
+    /// The account's DuckLake catalog.
+    pub fn catalog(&self) -> CatalogLocation {
+        CatalogLocation { catalog_file: self.root.join("catalog.sqlite"), data_path: self.data_dir() }
+    }
+
+    /// Creates every directory of the layout.
+    pub fn create_dirs(&self) -> std::io::Result<()> {
+        for dir in [self.data_dir(), self.wal_dir(), self.staging_dir(), self.notebooks_dir()] {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Total size of the regular files below `dir` (0 if it does not exist).
+/// Symlinks are not followed: they are not the account's bytes.
+pub fn dir_size_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                stack.push(entry.path());
+            } else if ty.is_file() {
+                total += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_size_counts_nested_files() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::write(d.path().join("a/x"), [0u8; 10]).unwrap();
+        std::fs::write(d.path().join("a/b/y"), [0u8; 5]).unwrap();
+        assert_eq!(dir_size_bytes(d.path()).unwrap(), 15);
+        assert_eq!(dir_size_bytes(&d.path().join("missing")).unwrap(), 0);
+    }
+}

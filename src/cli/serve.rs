@@ -1,0 +1,48 @@
+//! `duckpond api serve`.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::Subcommand;
+use duckpond_compactor::lake::InstanceSettings;
+use duckpond_compactor::Extensions;
+
+use crate::accounts::AccountService;
+use crate::config::{FlagOverrides, Home};
+use crate::server::{self, AppState};
+use crate::telemetry;
+
+/// API server commands.
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Serve the HTTP API until SIGTERM/SIGINT.
+    Serve {
+        /// Bind address (overrides server.host).
+        #[arg(long)]
+        host: Option<String>,
+        /// Port (overrides server.port; 0 picks a free one).
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
+    let ApiCommand::Serve { host, port } = command;
+    let (config, meta) = super::connect(home, &FlagOverrides { host, port }).await?;
+    super::require_current_schema(&meta).await?;
+    let extensions = Extensions::locate(&config.duckdb.extension_directory)?;
+    let settings = InstanceSettings { memory_limit_mb: config.duckdb.memory_limit_mb, threads: config.duckdb.threads };
+    let engine = tokio::task::spawn_blocking(move || extensions.open_instance(&settings))
+        .await?
+        .context("starting DuckDB with the configured extensions")?;
+    let accounts = AccountService::new(meta.clone(), &config);
+    let state = AppState {
+        config: Arc::new(config),
+        accounts,
+        engine: Arc::new(Mutex::new(engine)),
+        metrics: telemetry::metrics_handle(),
+    };
+    server::serve(state).await?;
+    meta.close().await;
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! Daemon configuration: `$DUCKPOND_HOME/config.yaml`, overridden by
+//! `DUCKPOND_<SECTION>__<FIELD>` environment variables, overridden by flags.
+//!
+//! Every struct denies unknown fields so a typo is an error naming the field,
+//! never a silently ignored setting. The commented template written by
+//! `duckpond init` lives next to this file (`template.yaml`) and a test checks
+//! that it parses to exactly [`Config::default`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use figment::providers::{Env, Format, Serialized, Yaml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The commented configuration file `duckpond init` writes.
+pub const TEMPLATE_YAML: &str = include_str!("template.yaml");
+
+/// Environment variable naming the DuckPond home directory.
+pub const HOME_ENV: &str = "DUCKPOND_HOME";
+/// Prefix of configuration overrides (`DUCKPOND_SERVER__PORT`).
+pub const ENV_PREFIX: &str = "DUCKPOND_";
+/// Separator between section and field in an override's name.
+pub const ENV_SEPARATOR: &str = "__";
+
+const MIB: u64 = 1024 * 1024;
+const GIB: u64 = 1024 * MIB;
+
+/// The whole configuration. Sections follow the original product description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Metadata database (accounts, keys).
+    pub database: DatabaseConfig,
+    /// Where account data lives.
+    pub storage: StorageConfig,
+    /// DuckDB engine settings.
+    pub duckdb: DuckDbConfig,
+    /// Notebook sessions.
+    pub notebooks: NotebooksConfig,
+    /// Limits and per-account quota defaults.
+    pub limits: LimitsConfig,
+}
+
+/// `server:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP API binds to.
+    pub host: String,
+    /// Port the HTTP API binds to; 0 picks a free port (printed at start).
+    pub port: u16,
+    /// Key guarding `/api/admin/*`; empty disables the admin API.
+    pub admin_api_key: String,
+    /// Largest JSON request body accepted by non-upload routes.
+    pub max_request_body_bytes: u64,
+    /// Time allowed for a non-streaming request before it is answered 408.
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace_period_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            admin_api_key: String::new(),
+            max_request_body_bytes: MIB,
+            request_timeout_ms: 30_000,
+            shutdown_grace_period_ms: 10_000,
+        }
+    }
+}
+
+/// `database:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:<path>` or `postgresql://...`.
+    pub url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+    /// Time allowed to obtain a connection.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: "sqlite:metadata.db".into(), max_connections: 8, connect_timeout_ms: 5_000 }
+    }
+}
+
+/// Storage backends. Only `local` is implemented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The local filesystem under `storage.local_path`.
+    Local,
+}
+
+/// `storage:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Backend for new accounts.
+    pub default_backend: StorageBackend,
+    /// Root of account data (relative paths resolve against the home).
+    pub local_path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { default_backend: StorageBackend::Local, local_path: "data".into() }
+    }
+}
+
+/// `duckdb:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DuckDbConfig {
+    /// Directory holding `v1.5.5/<platform>/<name>.duckdb_extension`.
+    pub extension_directory: PathBuf,
+    /// Per-account DuckDB `memory_limit`.
+    pub memory_limit_mb: u64,
+    /// Per-account DuckDB `threads`.
+    pub threads: u32,
+}
+
+impl Default for DuckDbConfig {
+    fn default() -> Self {
+        Self { extension_directory: "extensions".into(), memory_limit_mb: 4096, threads: 4 }
+    }
+}
+
+/// Where notebook sessions run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotebookBackend {
+    /// Local marimo processes (embedded default).
+    Process,
+    /// Docker containers through the local engine.
+    Docker,
+}
+
+/// `notebooks:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotebooksConfig {
+    /// Session backend.
+    pub backend: NotebookBackend,
+    /// Image for the docker backend (built locally, no registry).
+    pub docker_image: String,
+    /// Memory cap of one session.
+    pub memory_limit_mb: u64,
+    /// CPU cap of one session, in cores.
+    pub cpu_limit: f64,
+    /// Idle time after which a session is stopped.
+    pub session_timeout_seconds: u64,
+    /// Interval between session health checks.
+    pub health_check_interval_seconds: u64,
+    /// Time a session may take to become ready.
+    pub spawn_timeout_seconds: u64,
+    /// Inclusive loopback port range for sessions.
+    pub port_range: PortRange,
+}
+
+impl Default for NotebooksConfig {
+    fn default() -> Self {
+        Self {
+            backend: NotebookBackend::Process,
+            docker_image: "duckpond-notebook:latest".into(),
+            memory_limit_mb: 2048,
+            cpu_limit: 2.0,
+            session_timeout_seconds: 3600,
+            health_check_interval_seconds: 30,
+            spawn_timeout_seconds: 60,
+            port_range: PortRange { first: 10_000, last: 10_099 },
+        }
+    }
+}
+
+/// An inclusive port range written `first-last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PortRange {
+    /// First port handed out.
+    pub first: u16,
+    /// Last port handed out (inclusive).
+    pub last: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err = || format!("expected a port range like 10000-10099, got {s:?}");
+        let (a, b) = s.split_once('-').ok_or_else(err)?;
+        let first: u16 = a.trim().parse().map_err(|_| err())?;
+        let last: u16 = b.trim().parse().map_err(|_| err())?;
+        if first == 0 || first > last {
+            return Err(err());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(r: PortRange) -> String {
+        r.to_string()
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// `limits:` section: global limits and the quota defaults of accounts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest file an upload accepts.
+    pub max_file_size_mb: u64,
+    /// Default storage quota.
+    pub default_max_storage_gb: u64,
+    /// Default number of concurrent queries.
+    pub default_max_concurrent_queries: u32,
+    /// Default ingest rate.
+    pub default_max_ingest_bytes_per_s: u64,
+    /// Default number of concurrent notebook sessions.
+    pub default_max_notebook_sessions: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_file_size_mb: 500,
+            default_max_storage_gb: 10,
+            default_max_concurrent_queries: 5,
+            default_max_ingest_bytes_per_s: 100 * MIB,
+            default_max_notebook_sessions: 2,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// `default_max_storage_gb` in bytes.
+    pub fn default_max_storage_bytes(&self) -> u64 {
+        self.default_max_storage_gb.saturating_mul(GIB)
+    }
+}
+
+/// Errors loading or validating configuration. Each names the offending field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The YAML, an environment override or a flag did not fit the schema.
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    /// A value parsed but is not allowed.
+    #[error("invalid configuration: `{field}`: {message}")]
+    Value {
+        /// Dotted field name, e.g. `server.port`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The home directory could not be determined.
+    #[error("cannot determine the DuckPond home: set {HOME_ENV} or HOME")]
+    NoHome,
+}
+
+/// Settings given on the command line; they win over file and environment.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FlagOverrides {
+    /// `--host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `--port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// The resolved home directory and configuration file path.
+#[derive(Debug, Clone)]
+pub struct Home {
+    /// `$DUCKPOND_HOME` or `~/.duckpond`.
+    pub dir: PathBuf,
+    /// The configuration file (default `<home>/config.yaml`).
+    pub config_file: PathBuf,
+}
+
+impl Home {
+    /// Resolves the home from an explicit flag, `$DUCKPOND_HOME`, or `~/.duckpond`.
+    pub fn resolve(dir: Option<PathBuf>, config_file: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let dir = match dir.or_else(|| std::env::var_os(HOME_ENV).map(PathBuf::from)) {
+            Some(d) => d,
+            None => dirs::home_dir().ok_or(ConfigError::NoHome)?.join(".duckpond"),
+        };
+        let dir = absolute(&dir);
+        let config_file = config_file.map(|f| absolute(&f)).unwrap_or_else(|| dir.join("config.yaml"));
+        Ok(Self { dir, config_file })
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+impl Config {
+    /// Loads defaults, then the file (if it exists), then the environment,
+    /// then flags; validates; resolves relative paths against the home.
+    pub fn load(home: &Home, flags: &FlagOverrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(home, flags, Env::prefixed(ENV_PREFIX))
+    }
+
+    fn load_with_env(home: &Home, flags: &FlagOverrides, env: Env) -> Result<Self, ConfigError> {
+        // Only SECTION__FIELD variables are configuration; DUCKPOND_HOME,
+        // DUCKPOND_API_KEY and friends are read elsewhere.
+        let env = env.filter(|k| k.as_str().contains(ENV_SEPARATOR)).split(ENV_SEPARATOR);
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if home.config_file.exists() {
+            fig = fig.merge(Yaml::file_exact(&home.config_file));
+        }
+        let mut server_flags = serde_json::Map::new();
+        if let Some(h) = &flags.host {
+            server_flags.insert("host".into(), h.clone().into());
+        }
+        if let Some(p) = flags.port {
+            server_flags.insert("port".into(), p.into());
+        }
+        fig = fig.merge(env);
+        if !server_flags.is_empty() {
+            fig = fig.merge(Serialized::default("server", server_flags));
+        }
+        let mut config: Config = fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        config.resolve_paths(&home.dir);
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let value = |field, message: &str| Err(ConfigError::Value { field, message: message.to_string() });
+        let url = self.database.url.as_str();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return value("database.url", "must start with sqlite:, postgres:// or postgresql://");
+        }
+        if self.database.max_connections == 0 {
+            return value("database.max_connections", "must be at least 1");
+        }
+        if self.server.host.trim().is_empty() {
+            return value("server.host", "must not be empty");
+        }
+        if self.server.max_request_body_bytes == 0 {
+            return value("server.max_request_body_bytes", "must be at least 1");
+        }
+        if self.server.request_timeout_ms == 0 {
+            return value("server.request_timeout_ms", "must be at least 1");
+        }
+        if self.duckdb.threads == 0 {
+            return value("duckdb.threads", "must be at least 1");
+        }
+        if self.duckdb.memory_limit_mb < 64 {
+            return value("duckdb.memory_limit_mb", "must be at least 64");
+        }
+        if !(self.notebooks.cpu_limit.is_finite() && self.notebooks.cpu_limit > 0.0) {
+            return value("notebooks.cpu_limit", "must be a positive number of cores");
+        }
+        if self.limits.max_file_size_mb == 0 {
+            return value("limits.max_file_size_mb", "must be at least 1");
+        }
+        if self.limits.default_max_concurrent_queries == 0 {
+            return value("limits.default_max_concurrent_queries", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, home: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = home.join(&*p);
+            }
+        };
+        resolve(&mut self.storage.local_path);
+        resolve(&mut self.duckdb.extension_directory);
+        if let Some(rest) = self.database.url.strip_prefix("sqlite:") {
+            let rest = rest.trim_start_matches("//");
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut path = PathBuf::from(path);
+            resolve(&mut path);
+            let query = if query.is_empty() { String::new() } else { format!("?{query}") };
+            self.database.url = format!("sqlite://{}{query}", path.display());
+        }
+    }
+
+    /// The admin key, if the admin API is enabled.
+    pub fn admin_api_key(&self) -> Option<&str> {
+        Some(self.server.admin_api_key.as_str()).filter(|k| !k.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,227 @@
+//! The one mapping from errors to HTTP status and the JSON error body
+//! `{"error": {"code": "...", "message": "..."}}`.
+//!
+//! 5xx details are logged here, once, and hidden from the client.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::accounts::{AccountError, AuthError};
+use crate::meta::MetaError;
+
+/// Every error an API handler can return.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed or invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no or a wrong credential.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the route exists with other methods.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409: conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is over a limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: content type not supported.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 429: over a rate or concurrency limit; retry later.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What limit was hit.
+        message: String,
+        /// Seconds after which a retry makes sense.
+        retry_after_s: u64,
+    },
+    /// 503: a dependency is temporarily unavailable; retry later.
+    #[error("{message}")]
+    Unavailable {
+        /// What is unavailable.
+        message: String,
+        /// Seconds after which a retry makes sense.
+        retry_after_s: u64,
+    },
+    /// 507: the account's storage quota is exhausted.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// 500: a bug or an unexpected failure. Never caused by client input.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The JSON error body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and human-readable message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `unauthorized`.
+    pub code: &'static str,
+    /// What went wrong and, where useful, what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// HTTP status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// Builds the error for a status produced outside our handlers (framework
+    /// rejections, timeouts), keeping its text as the message.
+    pub fn from_status(status: StatusCode, message: String) -> Self {
+        match status {
+            StatusCode::BAD_REQUEST => ApiError::BadRequest(message),
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized(message),
+            StatusCode::FORBIDDEN => ApiError::Forbidden(message),
+            StatusCode::NOT_FOUND => ApiError::NotFound(message),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::CONFLICT => ApiError::Conflict(message),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(message),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(message),
+            StatusCode::TOO_MANY_REQUESTS => ApiError::TooManyRequests { message, retry_after_s: 1 },
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable { message, retry_after_s: 1 },
+            StatusCode::INSUFFICIENT_STORAGE => ApiError::InsufficientStorage(message),
+            s if s.is_client_error() => ApiError::BadRequest(message),
+            _ => ApiError::Internal(anyhow::anyhow!("{status}: {message}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            ApiError::Internal(source) => {
+                tracing::error!(error = ?source, "internal error");
+                "internal error; see the server log".to_string()
+            }
+            other => other.to_string(),
+        };
+        let retry_after = match &self {
+            ApiError::TooManyRequests { retry_after_s, .. } | ApiError::Unavailable { retry_after_s, .. } => {
+                Some(*retry_after_s)
+            }
+            _ => None,
+        };
+        let mut res = (status, axum::Json(ErrorBody { error: ErrorDetail { code, message } })).into_response();
+        if let Some(s) = retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        res
+    }
+}
+
+impl From<MetaError> for ApiError {
+    fn from(e: MetaError) -> Self {
+        match e {
+            MetaError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            MetaError::Conflict(msg) => ApiError::Conflict(msg),
+            MetaError::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+                ApiError::Unavailable { message: "metadata database unavailable".into(), retry_after_s: 1 }
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(e: AccountError) -> Self {
+        match e {
+            AccountError::InvalidInput(msg) => ApiError::BadRequest(msg),
+            AccountError::Meta(m) => m.into(),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing | AuthError::Invalid => ApiError::Unauthorized(e.to_string()),
+            AuthError::Meta(m) => m.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::from_status(r.status(), r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::BadRequest(r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(e: ApiError) -> (StatusCode, serde_json::Value, Option<String>) {
+        let res = e.into_response();
+        let status = res.status();
+        let retry = res.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_string());
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap(), retry)
+    }
+
+    #[tokio::test]
+    async fn every_error_has_json_body_and_status() {
+        let (s, b, _) = body_of(ApiError::Conflict("taken".into())).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        assert_eq!(b["error"]["code"], "conflict");
+        assert_eq!(b["error"]["message"], "taken");
+        let (s, _, retry) = body_of(ApiError::TooManyRequests { message: "slow".into(), retry_after_s: 3 }).await;
+        assert_eq!((s, retry.as_deref()), (StatusCode::TOO_MANY_REQUESTS, Some("3")));
+        let (s, b, _) = body_of(ApiError::InsufficientStorage("full".into())).await;
+        assert_eq!((s, b["error"]["code"].as_str()), (StatusCode::INSUFFICIENT_STORAGE, Some("insufficient_storage")));
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_detail() {
+        let (s, b, _) = body_of(ApiError::Internal(anyhow::anyhow!("secret path /etc/x"))).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!b.to_string().contains("/etc/x"));
+    }
+}

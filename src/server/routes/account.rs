@@ -1,0 +1,88 @@
+//! The caller's own account: `/api/account` and its keys.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::accounts::{AccountView, ApiKeyView, IssuedKey};
+use crate::server::auth::AuthedAccount;
+use crate::server::error::ApiError;
+use crate::server::AppState;
+
+use crate::server::extract::JsonOrDefault;
+
+/// What the account uses of its quotas.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Usage {
+    /// Bytes on disk (catalog, data files, log, staging).
+    pub storage_bytes: u64,
+}
+
+/// The caller's account with usage.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AccountWithUsage {
+    /// The account.
+    #[serde(flatten)]
+    pub account: AccountView,
+    /// Current usage.
+    pub usage: Usage,
+    /// Id of the key this request used.
+    pub key_id: String,
+}
+
+/// A new key's label.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyRequest {
+    /// Free-form label shown in listings.
+    #[serde(default)]
+    pub label: String,
+}
+
+/// The caller's account, quotas and usage.
+#[utoipa::path(get, path = "/api/account", tag = "account", security(("api_key" = [])),
+    responses((status = 200, body = AccountWithUsage), (status = 401, body = crate::server::error::ErrorBody)))]
+pub async fn get_account(
+    State(state): State<AppState>,
+    auth: AuthedAccount,
+) -> Result<Json<AccountWithUsage>, ApiError> {
+    let storage_bytes = state.accounts.storage_used_bytes(&auth.account).await?;
+    Ok(Json(AccountWithUsage {
+        account: auth.account.view(state.accounts.limits()),
+        usage: Usage { storage_bytes },
+        key_id: auth.key_id,
+    }))
+}
+
+/// The caller's keys (never their secrets).
+#[utoipa::path(get, path = "/api/account/keys", tag = "account", security(("api_key" = [])),
+    responses((status = 200, body = Vec<ApiKeyView>)))]
+pub async fn list_keys(State(state): State<AppState>, auth: AuthedAccount) -> Result<Json<Vec<ApiKeyView>>, ApiError> {
+    Ok(Json(state.accounts.list_keys(&auth.account).await?))
+}
+
+/// Issues a key for the caller's account; the response is the only time
+/// the key is shown.
+#[utoipa::path(post, path = "/api/account/keys", tag = "account", security(("api_key" = [])),
+    request_body = NewKeyRequest, responses((status = 201, body = IssuedKey)))]
+pub async fn create_key(
+    State(state): State<AppState>,
+    auth: AuthedAccount,
+    JsonOrDefault(req): JsonOrDefault<NewKeyRequest>,
+) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
+    Ok((StatusCode::CREATED, Json(state.accounts.create_key(&auth.account, &req.label).await?)))
+}
+
+/// Revokes one of the caller's keys.
+#[utoipa::path(delete, path = "/api/account/keys/{key_id}", tag = "account", security(("api_key" = [])),
+    params(("key_id" = String, Path)), responses((status = 204), (status = 404, body = crate::server::error::ErrorBody)))]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    auth: AuthedAccount,
+    Path(key_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.accounts.revoke_key(&auth.account, &key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,305 @@
+//! The HTTP API end to end against `duckpond api serve`: authentication,
+//! the account and admin APIs, errors, metrics, lifecycle; both backends.
+
+mod common;
+
+use common::{error_of, json_of, Backend, TestEnv, ADMIN_KEY};
+use reqwest::Method;
+
+fn health_ready_metrics_openapi(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let s = env.serve();
+    assert_eq!(json_of(s.get("/healthz", None), 200)["status"], "ok");
+    assert_eq!(json_of(s.get("/readyz", None), 200)["status"], "ok");
+    let doc = json_of(s.get("/api/openapi.json", None), 200);
+    for p in ["/api/account", "/api/admin/accounts", "/api/admin/accounts/{name}/keys"] {
+        assert!(doc["paths"].get(p).is_some(), "openapi lacks {p}");
+    }
+    s.get("/api/account", None);
+    let text = s.get("/metrics", None).text().unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("duckpond_http_requests_total") && l.contains("route=\"/healthz\""))
+        .unwrap_or_else(|| panic!("no request counter for /healthz in:\n{text}"));
+    assert!(line.contains("status=\"200\""), "{line}");
+    assert!(text.contains("route=\"/api/account\"") && text.contains("status=\"401\""), "{text}");
+    assert!(text.contains("duckpond_http_request_duration_seconds_bucket"), "latency histogram missing");
+}
+
+fn account_endpoint_authenticates(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let (account, key) = env.create_account("acme");
+    let s = env.serve();
+    let me = json_of(s.get("/api/account", Some(&key)), 200);
+    assert_eq!(me["name"], "acme");
+    assert_eq!(me["id"], account["id"]);
+    assert!(me["usage"]["storage_bytes"].as_u64().unwrap() > 0, "catalog counts as storage");
+    assert_eq!(me["quotas"]["max_concurrent_queries"], 5);
+    // Bearer and Basic (key as password) are accepted too.
+    let r = s.http.get(s.url("/api/account")).bearer_auth(&key).send().unwrap();
+    assert_eq!(json_of(r, 200)["name"], "acme");
+    let r = s.http.get(s.url("/api/account")).basic_auth("prometheus", Some(&key)).send().unwrap();
+    assert_eq!(json_of(r, 200)["name"], "acme");
+}
+
+fn bad_credentials_get_401(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    let msg = error_of(s.get("/api/account", None), 401, "unauthorized");
+    assert!(msg.contains("X-API-Key"), "{msg}");
+    // Malformed, unknown id, right id with wrong secret, other scheme.
+    let (id, secret) = key.strip_prefix("dpk_").unwrap().split_once('_').unwrap();
+    let flipped: String = secret.chars().rev().collect();
+    for bad in ["nope", "dpk_", &format!("dpk_ffffffffffffffff_{secret}"), &format!("dpk_{id}_{flipped}")] {
+        error_of(s.get("/api/account", Some(bad)), 401, "unauthorized");
+    }
+    let r = s.http.get(s.url("/api/account")).header("Authorization", format!("Digest {key}")).send().unwrap();
+    error_of(r, 401, "unauthorized");
+    // The admin key is not an account key.
+    error_of(s.get("/api/account", Some(ADMIN_KEY)), 401, "unauthorized");
+}
+
+fn revoked_key_gets_401(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    assert_eq!(s.get("/api/account", Some(&key)).status(), 200);
+    let id = key.strip_prefix("dpk_").unwrap().split_once('_').unwrap().0;
+    // Revoked through the CLI while the server runs: effective immediately.
+    env.ok(&["account", "api-key", "revoke", "acme", id]);
+    error_of(s.get("/api/account", Some(&key)), 401, "unauthorized");
+}
+
+fn self_service_keys(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let (_, key) = env.create_account("acme");
+    let (_, other_key) = env.create_account("globex");
+    let s = env.serve();
+    let r = s
+        .http
+        .post(s.url("/api/account/keys"))
+        .header("X-API-Key", &key)
+        .json(&serde_json::json!({"label": "laptop"}))
+        .send()
+        .unwrap();
+    let issued = json_of(r, 201);
+    let new_key = issued["api_key"].as_str().unwrap();
+    assert_eq!(issued["label"], "laptop");
+    assert_eq!(json_of(s.get("/api/account", Some(new_key)), 200)["name"], "acme");
+    let keys = json_of(s.get("/api/account/keys", Some(&key)), 200);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    // Another account cannot revoke (or even find) this key.
+    let new_id = issued["id"].as_str().unwrap();
+    let r =
+        s.http.delete(s.url(&format!("/api/account/keys/{new_id}"))).header("X-API-Key", &other_key).send().unwrap();
+    error_of(r, 404, "not_found");
+    assert_eq!(s.get("/api/account", Some(new_key)).status(), 200);
+    let r = s.http.delete(s.url(&format!("/api/account/keys/{new_id}"))).header("X-API-Key", &key).send().unwrap();
+    assert_eq!(r.status(), 204);
+    error_of(s.get("/api/account", Some(new_key)), 401, "unauthorized");
+    // A label that is not a string is a 400, not a 422 or 500.
+    let r = s
+        .http
+        .post(s.url("/api/account/keys"))
+        .header("X-API-Key", &key)
+        .header("content-type", "application/json")
+        .body("{\"label\": 5}")
+        .send()
+        .unwrap();
+    error_of(r, 400, "bad_request");
+}
+
+fn admin_api_mirrors_cli(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let s = env.serve();
+    let r = s
+        .admin(Method::POST, "/api/admin/accounts")
+        .json(&serde_json::json!({"name": "acme", "quotas": {"max_notebook_sessions": 4}}))
+        .send()
+        .unwrap();
+    let created = json_of(r, 201);
+    assert_eq!(created["account"]["quotas"]["max_notebook_sessions"], 4);
+    let key = created["api_key"].as_str().unwrap().to_string();
+    assert_eq!(json_of(s.get("/api/account", Some(&key)), 200)["name"], "acme");
+
+    let r = s.admin(Method::POST, "/api/admin/accounts").json(&serde_json::json!({"name": "acme"})).send().unwrap();
+    error_of(r, 409, "conflict");
+
+    let list = json_of(s.admin(Method::GET, "/api/admin/accounts").send().unwrap(), 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    let r = s
+        .admin(Method::PATCH, "/api/admin/accounts/acme")
+        .json(&serde_json::json!({"max_concurrent_queries": 11, "max_notebook_sessions": null}))
+        .send()
+        .unwrap();
+    let v = json_of(r, 200);
+    assert_eq!(v["quotas"]["max_concurrent_queries"], 11);
+    assert_eq!(v["quotas"]["max_notebook_sessions"], 2, "null resets to the default");
+
+    let k = json_of(s.admin(Method::POST, "/api/admin/accounts/acme/keys").send().unwrap(), 201);
+    let kid = k["id"].as_str().unwrap();
+    assert_eq!(s.get("/api/account", Some(k["api_key"].as_str().unwrap())).status(), 200);
+    assert_eq!(
+        json_of(s.admin(Method::GET, "/api/admin/accounts/acme/keys").send().unwrap(), 200).as_array().unwrap().len(),
+        2
+    );
+    let r = s.admin(Method::DELETE, &format!("/api/admin/accounts/acme/keys/{kid}")).send().unwrap();
+    assert_eq!(r.status(), 204);
+    error_of(s.get("/api/account", Some(k["api_key"].as_str().unwrap())), 401, "unauthorized");
+
+    let r = s.admin(Method::DELETE, "/api/admin/accounts/acme").send().unwrap();
+    assert_eq!(r.status(), 204);
+    error_of(s.admin(Method::GET, "/api/admin/accounts/acme").send().unwrap(), 404, "not_found");
+    error_of(s.get("/api/account", Some(&key)), 401, "unauthorized");
+}
+
+fn admin_api_bad_input(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let s = env.serve();
+    let post = || s.admin(Method::POST, "/api/admin/accounts");
+    error_of(post().header("content-type", "application/json").body("{not json").send().unwrap(), 400, "bad_request");
+    error_of(
+        post().header("content-type", "text/plain").body("{\"name\":\"x\"}").send().unwrap(),
+        415,
+        "unsupported_media_type",
+    );
+    error_of(post().json(&serde_json::json!({"name": "x", "colour": "red"})).send().unwrap(), 400, "bad_request");
+    error_of(post().json(&serde_json::json!({"name": "../etc"})).send().unwrap(), 400, "bad_request");
+    error_of(
+        post().json(&serde_json::json!({"name": "x", "quotas": {"max_concurrent_queries": 0}})).send().unwrap(),
+        400,
+        "bad_request",
+    );
+    error_of(
+        post().json(&serde_json::json!({"name": "x", "quotas": {"max_storage_bytes": -5}})).send().unwrap(),
+        400,
+        "bad_request",
+    );
+    // Over server.max_request_body_bytes (1 MiB by default).
+    let big = format!("{{\"name\": \"{}\"}}", "a".repeat(2 * 1024 * 1024));
+    // (On its own connection: the server answers without reading the whole
+    // body and closes that connection.)
+    let r = reqwest::blocking::Client::new()
+        .post(s.url("/api/admin/accounts"))
+        .header("X-API-Key", ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .unwrap();
+    error_of(r, 413, "payload_too_large");
+    error_of(s.admin(Method::GET, "/api/admin/accounts/Not%20Valid").send().unwrap(), 400, "bad_request");
+    error_of(s.admin(Method::GET, "/api/admin/accounts/ghost").send().unwrap(), 404, "not_found");
+    error_of(s.admin(Method::PUT, "/api/admin/accounts").send().unwrap(), 405, "method_not_allowed");
+    error_of(s.get("/api/nothing-here", None), 404, "not_found");
+    // Wrong admin key, and an account key used as admin key.
+    let r = s.http.get(s.url("/api/admin/accounts")).header("X-API-Key", "wrong").send().unwrap();
+    error_of(r, 401, "unauthorized");
+    let r = s.http.get(s.url("/api/admin/accounts")).send().unwrap();
+    error_of(r, 401, "unauthorized");
+    // Nothing was created by any of the above.
+    let list = json_of(s.admin(Method::GET, "/api/admin/accounts").send().unwrap(), 200);
+    assert_eq!(list, serde_json::json!([]));
+}
+
+fn admin_api_disabled_without_key(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let s = env.serve_with(|c| {
+        c.env("DUCKPOND_SERVER__ADMIN_API_KEY", "");
+    });
+    let msg = error_of(s.admin(Method::GET, "/api/admin/accounts").send().unwrap(), 403, "forbidden");
+    assert!(msg.contains("admin_api_key"), "{msg}");
+}
+
+/// An account key never reaches another account's data: each key resolves
+/// to its own account only.
+fn keys_resolve_to_their_own_account(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let (a, ka) = env.create_account("alpha");
+    let (bb, kb) = env.create_account("beta");
+    let s = env.serve();
+    assert_eq!(json_of(s.get("/api/account", Some(&ka)), 200)["id"], a["id"]);
+    assert_eq!(json_of(s.get("/api/account", Some(&kb)), 200)["id"], bb["id"]);
+    // Splicing one account's key id with the other's secret fails.
+    let (ida, _) = ka.strip_prefix("dpk_").unwrap().split_once('_').unwrap();
+    let (_, secb) = kb.strip_prefix("dpk_").unwrap().split_once('_').unwrap();
+    error_of(s.get("/api/account", Some(&format!("dpk_{ida}_{secb}"))), 401, "unauthorized");
+    // An account key is not an admin key.
+    error_of(s.http.get(s.url("/api/admin/accounts")).header("X-API-Key", &ka).send().unwrap(), 401, "unauthorized");
+}
+
+fn serve_refuses_unmigrated_schema(b: Backend) {
+    let env = TestEnv::new(b);
+    let err = env.fails(&["api", "serve", "--port", "0"]);
+    assert!(err.contains("duckpond db upgrade"), "{err}");
+}
+
+/// A schema written by a newer DuckPond (an unknown migration) is refused.
+fn serve_refuses_newer_schema(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let url = match b {
+        Backend::Sqlite => format!("sqlite://{}", env.path().join("metadata.db").display()),
+        Backend::Postgres => env.database_url.clone(),
+    };
+    // The checksum literal is the only part the two engines spell differently.
+    let checksum = match b {
+        Backend::Sqlite => "x'00'",
+        Backend::Postgres => "'\\x00'::bytea",
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99990101000000, 'from the future', TRUE, {checksum}, 1)"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    });
+    let err = env.fails(&["api", "serve", "--port", "0"]);
+    assert!(err.contains("newer duckpond"), "{err}");
+}
+
+/// A missing extension binary stops the server at start with the file, the
+/// directory and the command that fetches it.
+fn serve_names_missing_extension(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let empty = tempfile::tempdir().unwrap();
+    let out = env
+        .command()
+        .args(["api", "serve", "--port", "0"])
+        .env("DUCKPOND_DUCKDB__EXTENSION_DIRECTORY", empty.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&empty.path().display().to_string()), "{err}");
+    assert!(err.contains(".duckdb_extension") && err.contains("fetch-duckdb-extensions.sh"), "{err}");
+}
+
+/// SIGTERM drains and exits cleanly.
+fn sigterm_shuts_down_gracefully(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let s = env.serve();
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+both_backends!(
+    health_ready_metrics_openapi,
+    account_endpoint_authenticates,
+    bad_credentials_get_401,
+    revoked_key_gets_401,
+    self_service_keys,
+    admin_api_mirrors_cli,
+    admin_api_bad_input,
+    admin_api_disabled_without_key,
+    keys_resolve_to_their_own_account,
+    serve_refuses_unmigrated_schema,
+    serve_refuses_newer_schema,
+    serve_names_missing_extension,
+    sigterm_shuts_down_gracefully,
+);

@@ -11,7 +11,7 @@ TEST_EXTENSION_DIR ?= $(HOME)/.cache/duckpond/extensions
 TEST_POSTGRES_URL ?= postgresql://duckpond_test:duckpond_test@127.0.0.1:5432/postgres
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 
-.PHONY: run test build extensions services fmt lint clean-home
+.PHONY: run test build extensions services fmt lint bench-wal
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -34,6 +34,11 @@ extensions:
 ## Install and start what the tests talk to (PostgreSQL).
 services:
 	.ci/services.sh
+
+## WAL append throughput next to the raw disk (docs/BENCHMARKS.md).
+bench-wal:
+	cargo bench --locked --bench wal -- --noplot
+	.ci/bench-report.py wal
 
 fmt:
 	cargo fmt --all

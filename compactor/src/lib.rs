@@ -1,10 +1,28 @@
-//! The compactor turns each account's write-ahead log into its DuckLake.
+//! The compactor turns each account's write-ahead log into its DuckLake,
+//! exactly once, and keeps the lake healthy.
 //!
-//! Today this crate holds [`lake`]: how DuckPond reaches an account's DuckLake
-//! catalog (extension loading, ATTACH, catalog creation). The flush loop that
-//! commits WAL records as snapshots is built on it (issue 4).
+//! - [`lake`]: reaching a lake (extensions loaded by path, ATTACH, catalog
+//!   creation with a round trip).
+//! - [`LakeWriter`]: the single writer of one lake; applies a slice of the
+//!   log as one snapshot recording the highest LSN in its commit metadata.
+//! - [`AccountCompactor`]: one account's log + writer, `append`,
+//!   `wait_committed`, `flush_blocking`, `maintain_blocking`, and the flush
+//!   loop `run` (interval, size threshold, wake-ups, shutdown, backoff).
+//! - [`maintenance`]: merge small files, expire snapshots past retention,
+//!   delete unreferenced files.
 #![deny(missing_docs)]
 
+mod error;
 pub mod lake;
+pub mod maintenance;
+mod service;
+pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
+mod writer;
 
-pub use lake::{CatalogLocation, Extensions, LakeError};
+pub use error::CompactorError;
+pub use lake::{CatalogLocation, Extensions, InstanceSettings, LakeError};
+pub use maintenance::MaintenanceOutcome;
+pub use service::{AccountCompactor, Committed, CompactorOptions};
+pub use writer::{FlushOutcome, LakeWriter, COMMIT_AUTHOR, LAKE_ALIAS, LSN_KEY};

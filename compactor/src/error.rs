@@ -1,0 +1,35 @@
+//! Errors of the compactor.
+
+use duckpond_wal::{AppendError, OpenError, ReadError};
+
+pub use crate::lake::LakeError;
+
+/// Why a flush, maintenance run or open failed. A failed flush changes
+/// nothing: its transaction is rolled back and the records stay in the log.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactorError {
+    /// Reaching or writing the DuckLake failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// Opening the account's log failed.
+    #[error("opening the write-ahead log: {0}")]
+    WalOpen(#[from] OpenError),
+    /// Reading the account's log failed.
+    #[error("reading the write-ahead log: {0}")]
+    WalRead(#[from] ReadError),
+    /// Appending to the log failed (backpressure, disk full, ...).
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// Quarantining an unusable record failed.
+    #[error("quarantining a record: {0}")]
+    Quarantine(std::io::Error),
+    /// Waiting for a commit timed out.
+    #[error("not committed within {timeout_ms} ms (the compactor is behind or failing)")]
+    CommitTimeout {
+        /// How long was waited.
+        timeout_ms: u64,
+    },
+    /// The compactor stopped.
+    #[error("compactor stopped")]
+    Stopped,
+}

@@ -1,0 +1,90 @@
+//! Keeping a lake healthy for months of ingestion: merge small files, expire
+//! old snapshots, delete files nothing references. Runs under the writer's
+//! lock, so it never races a flush of the same catalog.
+//!
+//! Time travel: snapshots younger than `snapshot_retention_ms` (default 7
+//! days) stay queryable with `AT (VERSION => n)`; older ones are expired,
+//! except the newest snapshot carrying the compactor's committed LSN, which
+//! is never expired (recovery reads the LSN from it).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::lake::LakeError;
+use crate::telemetry as m;
+use crate::writer::{LakeWriter, LAKE_ALIAS, LSN_KEY};
+
+/// What a maintenance run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MaintenanceOutcome {
+    /// Snapshots before the run minus after it.
+    pub snapshots_expired: i64,
+    /// Data files before the run minus after it (merges and cleanup).
+    pub data_files_removed: i64,
+    /// Data files per table after the run.
+    pub data_files: Vec<(String, i64)>,
+}
+
+fn db(context: &'static str) -> impl FnOnce(duckdb::Error) -> LakeError {
+    move |source| LakeError::DuckDb { context: context.to_string(), source }
+}
+
+/// Runs merge, expire and cleanup on the writer's lake.
+pub fn run(writer: &LakeWriter, retention: Duration, label: &str) -> Result<MaintenanceOutcome, LakeError> {
+    let conn = writer.connection();
+    let count = |sql: &str| -> Result<i64, LakeError> { conn.query_row(sql, [], |r| r.get(0)).map_err(db("counting")) };
+    let snapshots_sql = format!("SELECT count(*) FROM {LAKE_ALIAS}.snapshots()");
+    let files_sql = format!("SELECT coalesce(sum(file_count), 0)::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}')");
+    let (snapshots_before, files_before) = (count(&snapshots_sql)?, count(&files_sql)?);
+
+    conn.execute_batch(&format!("CALL ducklake_merge_adjacent_files('{LAKE_ALIAS}')"))
+        .map_err(db("merging adjacent files"))?;
+
+    // Expire by id, not by time: exactly the snapshots older than the
+    // retention window and older than the newest snapshot carrying the
+    // committed LSN (which recovery needs), whatever the clock precision.
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let cutoff_us = ((now_s - retention.as_secs_f64()) * 1e6) as i64;
+    let ids: Vec<i64> = {
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT snapshot_id FROM {LAKE_ALIAS}.snapshots() WHERE epoch_us(snapshot_time) < ? \
+                 AND snapshot_id < (SELECT coalesce(max(snapshot_id), 0) FROM {LAKE_ALIAS}.snapshots() \
+                     WHERE json_extract_string(commit_extra_info, '$.{LSN_KEY}') IS NOT NULL) \
+                 ORDER BY snapshot_id"
+            ))
+            .map_err(db("choosing snapshots to expire"))?;
+        let rows = st.query_map([cutoff_us], |r| r.get::<_, i64>(0)).map_err(db("choosing snapshots to expire"))?;
+        rows.collect::<Result<_, _>>().map_err(db("choosing snapshots to expire"))?
+    };
+    if !ids.is_empty() {
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        conn.execute_batch(&format!("CALL ducklake_expire_snapshots('{LAKE_ALIAS}', versions => [{list}])"))
+            .map_err(db("expiring snapshots"))?;
+    }
+    conn.execute_batch(&format!("CALL ducklake_cleanup_old_files('{LAKE_ALIAS}', cleanup_all => true)"))
+        .map_err(db("deleting unreferenced files"))?;
+
+    let mut st = conn
+        .prepare(&format!("SELECT table_name, file_count::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}') ORDER BY 1"))
+        .map_err(db("listing data files"))?;
+    let data_files = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(db("listing data files"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db("listing data files"))?;
+    for (table, files) in &data_files {
+        metrics::gauge!(m::DATA_FILES, "account" => label.to_string(), "table" => table.clone()).set(*files as f64);
+    }
+    let outcome = MaintenanceOutcome {
+        snapshots_expired: snapshots_before - count(&snapshots_sql)?,
+        data_files_removed: files_before - count(&files_sql)?,
+        data_files,
+    };
+    tracing::info!(
+        account = label,
+        expired = outcome.snapshots_expired,
+        files_removed = outcome.data_files_removed,
+        "lake maintenance done"
+    );
+    Ok(outcome)
+}

@@ -1,0 +1,342 @@
+//! [`LakeWriter`]: the single writer of one account's DuckLake. Applies a
+//! slice of the log as one DuckLake snapshot whose commit metadata records
+//! the highest LSN it contains.
+//!
+//! Rows arrive as Arrow IPC. Consecutive records of one table with one
+//! schema are written to a temporary Parquet file and inserted with
+//! `INSERT ... BY NAME SELECT * FROM read_parquet(...)`, so DuckDB does the
+//! type mapping, the casts and the NULL-filling of missing columns.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::record_batch::RecordBatch;
+use duckdb::Connection;
+use duckpond_schema::{DatasetCommand, LogRecord, TableName};
+use duckpond_wal::Lsn;
+
+use crate::lake::{sql_string, CatalogLocation, Extensions, InstanceSettings, LakeError};
+
+/// Alias of the attached lake in the writer's DuckDB instance.
+pub const LAKE_ALIAS: &str = "lake";
+/// Key of the committed LSN in a snapshot's commit extra info (JSON).
+pub const LSN_KEY: &str = "duckpond_lsn";
+/// Author recorded in DuckLake snapshots written by the compactor.
+pub const COMMIT_AUTHOR: &str = "duckpond-compactor";
+
+/// What one flush committed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlushOutcome {
+    /// The DuckLake snapshot created (None when there was nothing to do).
+    pub snapshot_id: Option<i64>,
+    /// Highest LSN included.
+    pub lsn: Lsn,
+    /// Records applied.
+    pub records: u64,
+    /// Rows inserted.
+    pub rows: u64,
+    /// Arrow IPC bytes consumed.
+    pub bytes: u64,
+    /// Tables touched.
+    pub tables: Vec<String>,
+    /// Records that could never apply, moved to the quarantine directory.
+    pub quarantined: Vec<Lsn>,
+}
+
+/// A record that cannot be applied by any retry (undecodable, or rejected by
+/// DuckDB for its content); it is quarantined instead of blocking the log.
+#[derive(Debug)]
+pub struct BadRecord {
+    /// Its LSN.
+    pub lsn: Lsn,
+    /// Why.
+    pub reason: String,
+}
+
+/// Outcome of applying a slice of the log.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// One record is unusable; the transaction was rolled back.
+    BadRecord(BadRecord),
+    /// Anything else (I/O, catalog); retry later.
+    Lake(LakeError),
+}
+
+impl From<LakeError> for ApplyError {
+    fn from(e: LakeError) -> Self {
+        ApplyError::Lake(e)
+    }
+}
+
+/// The writer's DuckDB instance with the account's lake attached read-write.
+pub struct LakeWriter {
+    conn: Connection,
+    scratch_dir: PathBuf,
+}
+
+fn db(context: &str) -> impl FnOnce(duckdb::Error) -> LakeError + '_ {
+    move |source| LakeError::DuckDb { context: context.to_string(), source }
+}
+
+impl LakeWriter {
+    /// Opens the writer. `scratch_dir` holds temporary Parquet files (inside
+    /// the account's directory, so they count against its storage).
+    pub fn open(
+        extensions: &Extensions,
+        settings: &InstanceSettings,
+        location: &CatalogLocation,
+        scratch_dir: &Path,
+    ) -> Result<Self, LakeError> {
+        std::fs::create_dir_all(scratch_dir)
+            .map_err(|source| LakeError::Io { context: format!("creating {}", scratch_dir.display()), source })?;
+        let conn = extensions.open_instance(settings)?;
+        // Inlining off: every flush writes Parquet, avoiding inlined-data
+        // flush bugs (ducklake #650, #1368) and catalog bloat (#572).
+        let attach = location.attach_sql(LAKE_ALIAS, false);
+        let attach = format!("{}, DATA_INLINING_ROW_LIMIT 0)", attach.trim_end_matches(')'));
+        conn.execute_batch(&attach).map_err(db("attaching the account's DuckLake"))?;
+        Ok(Self { conn, scratch_dir: scratch_dir.to_path_buf() })
+    }
+
+    /// The connection (for maintenance and tests).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The highest LSN committed to the lake (0 if none).
+    pub fn committed_lsn(&self) -> Result<Lsn, LakeError> {
+        let sql = format!(
+            "SELECT coalesce(max(TRY_CAST(json_extract_string(commit_extra_info, '$.{LSN_KEY}') AS UBIGINT)), 0) \
+             FROM {LAKE_ALIAS}.snapshots()"
+        );
+        let v: u64 = self.conn.query_row(&sql, [], |r| r.get(0)).map_err(db("reading the committed LSN"))?;
+        Ok(Lsn::new(v))
+    }
+
+    /// Applies `records` (in LSN order, all above the committed LSN) as one
+    /// snapshot that records `upto` (>= their last LSN) as committed. All or
+    /// nothing. Nothing to apply means no snapshot.
+    pub fn apply(&mut self, records: &[(Lsn, LogRecord)], upto: Lsn) -> Result<FlushOutcome, ApplyError> {
+        let Some(last) = records.last().map(|r| r.0) else { return Ok(FlushOutcome::default()) };
+        let last = last.max(upto);
+        self.conn.execute_batch("BEGIN TRANSACTION").map_err(db("beginning a flush"))?;
+        let mut scratch = Vec::new();
+        let res = self.apply_in_tx(records, last, &mut scratch);
+        let res = match res {
+            Ok(outcome) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(outcome),
+                Err(e) => Err(ApplyError::Lake(db("committing a flush")(e))),
+            },
+            Err(e) => Err(e),
+        };
+        if res.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        for f in scratch {
+            let _ = std::fs::remove_file(f);
+        }
+        let mut outcome = res?;
+        outcome.snapshot_id = Some(
+            self.conn
+                .query_row(&format!("SELECT id FROM {LAKE_ALIAS}.current_snapshot()"), [], |r| r.get(0))
+                .map_err(db("reading the new snapshot id"))?,
+        );
+        Ok(outcome)
+    }
+
+    fn apply_in_tx(
+        &mut self,
+        records: &[(Lsn, LogRecord)],
+        last: Lsn,
+        scratch: &mut Vec<PathBuf>,
+    ) -> Result<FlushOutcome, ApplyError> {
+        let mut outcome = FlushOutcome { lsn: last, records: records.len() as u64, ..Default::default() };
+        let mut touched = BTreeMap::new();
+        let mut i = 0;
+        while i < records.len() {
+            let (lsn, rec) = &records[i];
+            touched.insert(rec.table().to_string(), ());
+            match rec {
+                LogRecord::Rows { table, .. } => {
+                    // Gather the run of consecutive row records of this table
+                    // with the same schema into one Parquet file.
+                    let (schema, first_batches) = decode_ipc(*lsn, rec)?;
+                    let mut batches = first_batches;
+                    let mut j = i + 1;
+                    while let Some((next_lsn, next @ LogRecord::Rows { table: t2, .. })) = records.get(j) {
+                        if t2 != table {
+                            break;
+                        }
+                        let (s2, b2) = decode_ipc(*next_lsn, next)?;
+                        if s2 != schema {
+                            break;
+                        }
+                        batches.extend(b2);
+                        j += 1;
+                    }
+                    outcome.bytes += records[i..j]
+                        .iter()
+                        .map(|(_, r)| if let LogRecord::Rows { ipc, .. } = r { ipc.len() as u64 } else { 0 })
+                        .sum::<u64>();
+                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                    let file = self.scratch_dir.join(format!("flush-{lsn}.parquet"));
+                    write_parquet(&file, &schema, &batches).map_err(|e| {
+                        ApplyError::Lake(LakeError::Io {
+                            context: format!("writing {}", file.display()),
+                            source: std::io::Error::other(e),
+                        })
+                    })?;
+                    scratch.push(file.clone());
+                    self.insert_parquet(table, &file).map_err(|e| classify(*lsn, e))?;
+                    outcome.rows += rows as u64;
+                    i = j;
+                    continue;
+                }
+                LogRecord::Command(c) => self.apply_command(c).map_err(|e| classify(*lsn, e))?,
+            }
+            i += 1;
+        }
+        outcome.tables = touched.into_keys().collect();
+        let info = format!("{{\"{LSN_KEY}\": {}}}", last.get());
+        let message = format!("flush up to LSN {last}");
+        self.conn
+            .execute_batch(&format!(
+                "CALL {LAKE_ALIAS}.set_commit_message({}, {}, extra_info => {})",
+                sql_string(COMMIT_AUTHOR),
+                sql_string(&message),
+                sql_string(&info)
+            ))
+            .map_err(db("recording the committed LSN"))?;
+        Ok(outcome)
+    }
+
+    fn table_exists(&self, table: &TableName) -> Result<bool, LakeError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' AND table_name = ?",
+                [LAKE_ALIAS, table.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(db("looking up a table"))?;
+        Ok(n > 0)
+    }
+
+    fn columns(&self, sql_from: &str) -> Result<Vec<(String, String)>, LakeError> {
+        let mut st = self.conn.prepare(&format!("DESCRIBE {sql_from}")).map_err(db("describing columns"))?;
+        let rows =
+            st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(db("describing"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db("describing columns"))
+    }
+
+    fn insert_parquet(&self, table: &TableName, file: &Path) -> Result<(), LakeError> {
+        let target = format!("{LAKE_ALIAS}.main.{}", table.quoted());
+        let source = format!("read_parquet({})", sql_string(&file.display().to_string()));
+        if !self.table_exists(table)? {
+            self.conn
+                .execute_batch(&format!("CREATE TABLE {target} AS SELECT * FROM {source}"))
+                .map_err(db("creating a table from its first rows"))?;
+            return Ok(());
+        }
+        // Schema evolution: new columns are added (nullable); existing ones
+        // keep their type and incoming values are cast by DuckDB.
+        let existing: Vec<String> = self.columns(&target)?.into_iter().map(|(n, _)| n).collect();
+        for (name, ty) in self.columns(&format!("SELECT * FROM {source}"))? {
+            if !existing.iter().any(|e| e == &name) {
+                let col = format!("\"{}\"", name.replace('"', "\"\""));
+                self.conn
+                    .execute_batch(&format!("ALTER TABLE {target} ADD COLUMN {col} {ty}"))
+                    .map_err(db("adding a column"))?;
+            }
+        }
+        self.conn
+            .execute_batch(&format!("INSERT INTO {target} BY NAME SELECT * FROM {source}"))
+            .map_err(db("inserting rows"))?;
+        Ok(())
+    }
+
+    fn apply_command(&self, c: &DatasetCommand) -> Result<(), LakeError> {
+        let target = format!("{LAKE_ALIAS}.main.{}", c.table().quoted());
+        match c {
+            DatasetCommand::Drop { .. } => {
+                self.conn.execute_batch(&format!("DROP TABLE IF EXISTS {target}")).map_err(db("dropping a table"))
+            }
+            DatasetCommand::Truncate { table } => {
+                if self.table_exists(table)? {
+                    self.conn.execute_batch(&format!("DELETE FROM {target}")).map_err(db("emptying a table"))?;
+                }
+                Ok(())
+            }
+            DatasetCommand::Create { table, schema_ipc } => {
+                if self.table_exists(table)? {
+                    return Ok(());
+                }
+                let reader = StreamReader::try_new(Cursor::new(schema_ipc.as_slice()), None).map_err(|e| {
+                    LakeError::RoundTrip(format!("create {table}: schema is not an Arrow IPC stream: {e}"))
+                })?;
+                let schema = reader.schema();
+                let file = self.scratch_dir.join(format!("create-{table}.parquet"));
+                write_parquet(&file, &schema, &[]).map_err(|e| LakeError::Io {
+                    context: "writing schema".into(),
+                    source: std::io::Error::other(e),
+                })?;
+                let res = self.conn.execute_batch(&format!(
+                    "CREATE TABLE {target} AS SELECT * FROM read_parquet({}) LIMIT 0",
+                    sql_string(&file.display().to_string())
+                ));
+                let _ = std::fs::remove_file(&file);
+                res.map_err(db("creating a table"))
+            }
+        }
+    }
+}
+
+/// Decodes the IPC stream of a rows record.
+fn decode_ipc(lsn: Lsn, rec: &LogRecord) -> Result<(SchemaRef, Vec<RecordBatch>), ApplyError> {
+    let LogRecord::Rows { ipc, .. } = rec else { unreachable!("only rows records are decoded") };
+    let bad = |why: String| ApplyError::BadRecord(BadRecord { lsn, reason: why });
+    let reader = StreamReader::try_new(Cursor::new(ipc.as_ref()), None).map_err(|e| bad(format!("Arrow IPC: {e}")))?;
+    let schema = reader.schema();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| bad(format!("Arrow IPC: {e}")))?;
+    Ok((schema, batches))
+}
+
+fn write_parquet(
+    path: &Path,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(), parquet::errors::ParquetError> {
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+    let file = std::fs::File::create(path)?;
+    // Scratch files live for one flush: no compression, large row groups.
+    let props = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::UNCOMPRESSED)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let mut w = ArrowWriter::try_new(file, Arc::clone(schema), Some(props))?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.close()?;
+    Ok(())
+}
+
+/// DuckDB errors that no retry can fix are the record's fault (its content
+/// does not fit the table); anything else (I/O, catalog) is retried.
+fn classify(lsn: Lsn, e: LakeError) -> ApplyError {
+    let msg = e.to_string();
+    let deterministic =
+        ["Conversion Error", "Binder Error", "Invalid Input Error", "Constraint Error", "Mismatch Type"]
+            .iter()
+            .any(|k| msg.contains(k));
+    if deterministic {
+        ApplyError::BadRecord(BadRecord { lsn, reason: msg })
+    } else {
+        ApplyError::Lake(e)
+    }
+}

@@ -1,0 +1,207 @@
+//! The compactor against the real DuckDB + ducklake extension: flush,
+//! exactly-once across reopen, schema evolution, commands, quarantine,
+//! maintenance, waiting for a commit.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use common::{query_i64, Account};
+use duckpond_compactor::testing::{ipc_stream, narrow_batch};
+use duckpond_compactor::CompactorOptions;
+use duckpond_schema::{DatasetCommand, LogRecord, TableName};
+use duckpond_wal::Lsn;
+
+fn rows(table: &str, writer: i64, seq: i64, n: usize) -> LogRecord {
+    LogRecord::Rows { table: TableName::parse(table).unwrap(), ipc: ipc_stream(&[narrow_batch(writer, seq, n)]) }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// One flush commits every table touched in one snapshot carrying the LSN;
+/// reopening reads the LSN back and never applies a record twice.
+#[test]
+fn flush_is_exactly_once_across_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let acct = Account::new(d.path());
+    let c = acct.open();
+    let rt = rt();
+    let r1 = rt.block_on(c.append(&[rows("events", 1, 0, 100), rows("metrics", 1, 1, 10)])).unwrap();
+    rt.block_on(c.append(&[rows("events", 1, 2, 50)])).unwrap();
+    let out = c.flush_blocking().unwrap();
+    assert_eq!(out.rows, 160);
+    assert_eq!(out.lsn, Lsn::new(3));
+    assert_eq!(r1.first, Lsn::new(1));
+    let snap = out.snapshot_id.expect("a snapshot");
+    assert_eq!(c.committed().lsn, Lsn::new(3));
+    assert_eq!(c.wal().read_from(Lsn::new(4)).unwrap().count(), 0, "nothing left to flush");
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.events"), 150);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.metrics"), 10);
+    // One snapshot holds both tables' data and the LSN.
+    assert_eq!(
+        query_i64(&acct, &format!("SELECT count(*) FROM lake.snapshots() WHERE snapshot_id = {snap} AND commit_extra_info LIKE '%duckpond_lsn\": 3%'")),
+        1
+    );
+    // Reopen: nothing is applied again, LSNs continue.
+    let c = acct.open();
+    assert_eq!(c.committed().lsn, Lsn::new(3));
+    assert_eq!(c.flush_blocking().unwrap().rows, 0);
+    let r = rt.block_on(c.append(&[rows("events", 1, 3, 5)])).unwrap();
+    assert_eq!(r.first, Lsn::new(4));
+    c.flush_blocking().unwrap();
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.events"), 155);
+    assert_eq!(query_i64(&acct, "SELECT count(DISTINCT (writer, seq, i)) FROM lake.events"), 155);
+}
+
+/// A crash after appending but before flushing loses nothing: the records
+/// are replayed from the log by the next open.
+#[test]
+fn unflushed_records_survive_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let acct = Account::new(d.path());
+    let rt = rt();
+    let c = acct.open();
+    rt.block_on(c.append(&[rows("t", 2, 0, 7)])).unwrap();
+    drop(c); // no flush
+    let c = acct.open();
+    assert_eq!(c.flush_blocking().unwrap().rows, 7);
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 7);
+}
+
+/// New columns are added as nullable; missing columns become NULL.
+#[test]
+fn schema_evolution_adds_nullable_columns() {
+    let d = tempfile::tempdir().unwrap();
+    let acct = Account::new(d.path());
+    let c = acct.open();
+    let rt = rt();
+    let a = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)])),
+        vec![Arc::new(Int64Array::from(vec![1, 2]))],
+    )
+    .unwrap();
+    let b = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("note", DataType::Utf8, true)])),
+        vec![Arc::new(Int64Array::from(vec![3])), Arc::new(StringArray::from(vec!["new"]))],
+    )
+    .unwrap();
+    let t = TableName::parse("evolving").unwrap();
+    rt.block_on(c.append(&[LogRecord::Rows { table: t.clone(), ipc: ipc_stream(&[a.clone()]) }])).unwrap();
+    rt.block_on(c.append(&[LogRecord::Rows { table: t.clone(), ipc: ipc_stream(&[b]) }])).unwrap();
+    rt.block_on(c.append(&[LogRecord::Rows { table: t, ipc: ipc_stream(&[a]) }])).unwrap();
+    c.flush_blocking().unwrap();
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.evolving"), 5);
+    assert_eq!(query_i64(&acct, "SELECT count(note) FROM lake.evolving"), 1);
+}
+
+/// Commands apply in log order between rows.
+#[test]
+fn commands_apply_in_log_order() {
+    let d = tempfile::tempdir().unwrap();
+    let acct = Account::new(d.path());
+    let c = acct.open();
+    let rt = rt();
+    let t = TableName::parse("t").unwrap();
+    let schema_only = ipc_stream(&[narrow_batch(0, 0, 0)]).to_vec();
+    rt.block_on(c.append(&[
+        LogRecord::Command(DatasetCommand::Create { table: t.clone(), schema_ipc: schema_only }),
+        rows("t", 1, 0, 3),
+        LogRecord::Command(DatasetCommand::Truncate { table: t.clone() }),
+        rows("t", 1, 1, 2),
+        rows("gone", 1, 0, 1),
+        LogRecord::Command(DatasetCommand::Drop { table: TableName::parse("gone").unwrap() }),
+    ]))
+    .unwrap();
+    c.flush_blocking().unwrap();
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 2);
+    assert_eq!(query_i64(&acct, "SELECT min(seq) FROM lake.t"), 1);
+    assert_eq!(
+        query_i64(&acct, "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake' AND table_name = 'gone'"),
+        0
+    );
+}
+
+/// A record that can never apply is quarantined (bytes kept, reason
+/// written) and does not block the records around it.
+#[test]
+fn unusable_record_is_quarantined_not_blocking() {
+    let d = tempfile::tempdir().unwrap();
+    let acct = Account::new(d.path());
+    let c = acct.open();
+    let rt = rt();
+    let bad = LogRecord::Rows { table: TableName::parse("t").unwrap(), ipc: Bytes::from_static(b"not arrow") };
+    rt.block_on(c.append(&[rows("t", 1, 0, 4), bad, rows("t", 1, 1, 4)])).unwrap();
+    let out = c.flush_blocking().unwrap();
+    assert_eq!(out.quarantined, vec![Lsn::new(2)]);
+    assert_eq!(out.rows, 8);
+    assert!(d.path().join("quarantine/00000000000000000002.record").is_file());
+    assert!(std::fs::read_to_string(d.path().join("quarantine/00000000000000000002.reason"))
+        .unwrap()
+        .contains("Arrow IPC"));
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 8);
+}
+
+/// wait_committed wakes the loop and returns the snapshot holding the write.
+#[test]
+fn wait_committed_returns_the_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let acct = Account::new(d.path());
+    let c = Arc::new(acct.open_with(CompactorOptions { flush_interval_ms: 60_000, ..acct.options() }));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let pool = Arc::new(tokio::sync::Semaphore::new(2));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let loop_task = rt.spawn(c.clone().run(pool, stop_rx));
+    let started = std::time::Instant::now();
+    let committed = rt.block_on(async {
+        let r = c.append(&[rows("t", 1, 0, 3)]).await.unwrap();
+        c.wait_committed(r.last, Duration::from_secs(10)).await.unwrap()
+    });
+    assert!(started.elapsed() < Duration::from_secs(30), "did not wait for the 60 s interval");
+    assert!(committed.snapshot_id.is_some());
+    assert_eq!(committed.lsn, Lsn::new(1));
+    stop_tx.send(true).unwrap();
+    rt.block_on(loop_task).unwrap();
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 3);
+}
+
+/// Maintenance merges small files and expires old snapshots, and the
+/// committed LSN survives it.
+#[test]
+fn maintenance_merges_and_keeps_the_committed_lsn() {
+    let d = tempfile::tempdir().unwrap();
+    let acct = Account::new(d.path());
+    let c = acct.open_with(CompactorOptions { snapshot_retention_ms: 0, ..acct.options() });
+    let rt = rt();
+    for seq in 0..12 {
+        rt.block_on(c.append(&[rows("t", 1, seq, 10)])).unwrap();
+        c.flush_blocking().unwrap();
+    }
+    let files_before = query_i64(&acct, "SELECT file_count FROM ducklake_table_info('lake') WHERE table_name = 't'");
+    assert_eq!(files_before, 12);
+    let out = c.maintain_blocking().unwrap();
+    assert!(out.snapshots_expired > 0, "{out:?}");
+    let files_after = query_i64(&acct, "SELECT file_count FROM ducklake_table_info('lake') WHERE table_name = 't'");
+    assert!(files_after < files_before, "{files_after} files after merge");
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 120);
+    let c = acct.open();
+    assert_eq!(c.committed().lsn, Lsn::new(12));
+    rt.block_on(c.append(&[rows("t", 1, 99, 1)])).unwrap();
+    c.flush_blocking().unwrap();
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 121);
+}

@@ -9,9 +9,10 @@ DUCKPOND_HOME ?= $(HOME)/.duckpond
 # Extension binaries for the test suite (the daemon's own live in $(DUCKPOND_HOME)/extensions).
 TEST_EXTENSION_DIR ?= $(HOME)/.cache/duckpond/extensions
 TEST_POSTGRES_URL ?= postgresql://duckpond_test:duckpond_test@127.0.0.1:5432/postgres
+TEST_PYTHON ?= $(HOME)/.cache/duckpond/venv/bin/python
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 
-.PHONY: run test build extensions services fmt lint bench-wal
+.PHONY: run test build extensions services fmt lint bench-wal bench-compactor
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -22,7 +23,7 @@ run: build
 ## Set up everything (packages, PostgreSQL, extensions) and run the whole suite.
 test: services
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
-	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_POSTGRES_URL=$(TEST_POSTGRES_URL) \
+	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_POSTGRES_URL=$(TEST_POSTGRES_URL) DUCKPOND_TEST_PYTHON=$(TEST_PYTHON) \
 		cargo test --release --locked --workspace --all-targets --no-fail-fast
 
 build:
@@ -31,7 +32,7 @@ build:
 extensions:
 	.ci/fetch-duckdb-extensions.sh $(DUCKPOND_HOME)/extensions
 
-## Install and start what the tests talk to (PostgreSQL).
+## Install and start what the tests talk to (PostgreSQL, Python duckdb).
 services:
 	.ci/services.sh
 
@@ -39,6 +40,11 @@ services:
 bench-wal:
 	cargo bench --locked --bench wal -- --noplot
 	.ci/bench-report.py wal
+
+## WAL -> compactor -> DuckLake rows/s and freshness (docs/BENCHMARKS.md).
+bench-compactor:
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench compactor
 
 fmt:
 	cargo fmt --all

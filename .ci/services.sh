@@ -43,3 +43,17 @@ for db in $(su postgres -c "psql -p $port -qAtc \"select datname from pg_databas
   su postgres -c "psql -p $port -qAtc 'DROP DATABASE IF EXISTS $db'" >/dev/null
 done
 echo "postgresql $ver/$name online on port $port"
+
+# An independent DuckDB client for interoperability tests: Python duckdb at
+# the same version as the daemon's (extensions are LOADed by path from the
+# fetched binaries, so only the wheel is needed).
+venv=${DUCKPOND_TEST_VENV:-$HOME/.cache/duckpond/venv}
+if ! "$venv/bin/python" -c 'import duckdb, sys; sys.exit(duckdb.__version__ != "1.5.5")' 2>/dev/null; then
+  python3 -m venv "$venv" 2>/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  }
+  "$venv/bin/python" -m pip install --quiet duckdb==1.5.5
+fi
+echo "python for interop tests: $venv/bin/python (duckdb $("$venv/bin/python" -c 'import duckdb; print(duckdb.__version__)'))"

@@ -156,49 +156,33 @@ impl LakeWriter {
     ) -> Result<FlushOutcome, ApplyError> {
         let mut outcome = FlushOutcome { lsn: last, records: records.len() as u64, ..Default::default() };
         let mut touched = BTreeMap::new();
-        let mut i = 0;
-        while i < records.len() {
-            let (lsn, rec) = &records[i];
+        // Rows are gathered per table (and per schema, in arrival order) for
+        // the whole slice and inserted once per group: one Parquet file and
+        // one INSERT per table and flush instead of one per record. Order
+        // only matters within a table; a command is a barrier for its table.
+        let mut pending: BTreeMap<TableName, Vec<Group>> = BTreeMap::new();
+        for (lsn, rec) in records {
             touched.insert(rec.table().to_string(), ());
             match rec {
-                LogRecord::Rows { table, .. } => {
-                    // Gather the run of consecutive row records of this table
-                    // with the same schema into one Parquet file.
-                    let (schema, first_batches) = decode_ipc(*lsn, rec)?;
-                    let mut batches = first_batches;
-                    let mut j = i + 1;
-                    while let Some((next_lsn, next @ LogRecord::Rows { table: t2, .. })) = records.get(j) {
-                        if t2 != table {
-                            break;
-                        }
-                        let (s2, b2) = decode_ipc(*next_lsn, next)?;
-                        if s2 != schema {
-                            break;
-                        }
-                        batches.extend(b2);
-                        j += 1;
+                LogRecord::Rows { table, ipc } => {
+                    let (schema, batches) = decode_ipc(*lsn, rec)?;
+                    outcome.bytes += ipc.len() as u64;
+                    let groups = pending.entry(table.clone()).or_default();
+                    match groups.last_mut() {
+                        Some(g) if g.schema == schema => g.batches.extend(batches),
+                        _ => groups.push(Group { first_lsn: *lsn, schema, batches }),
                     }
-                    outcome.bytes += records[i..j]
-                        .iter()
-                        .map(|(_, r)| if let LogRecord::Rows { ipc, .. } = r { ipc.len() as u64 } else { 0 })
-                        .sum::<u64>();
-                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                    let file = self.scratch_dir.join(format!("flush-{lsn}.parquet"));
-                    write_parquet(&file, &schema, &batches).map_err(|e| {
-                        ApplyError::Lake(LakeError::Io {
-                            context: format!("writing {}", file.display()),
-                            source: std::io::Error::other(e),
-                        })
-                    })?;
-                    scratch.push(file.clone());
-                    self.insert_parquet(table, &file).map_err(|e| classify(*lsn, e))?;
-                    outcome.rows += rows as u64;
-                    i = j;
-                    continue;
                 }
-                LogRecord::Command(c) => self.apply_command(c).map_err(|e| classify(*lsn, e))?,
+                LogRecord::Command(c) => {
+                    if let Some(groups) = pending.remove(c.table()) {
+                        outcome.rows += self.insert_groups(c.table(), groups, scratch)?;
+                    }
+                    self.apply_command(c).map_err(|e| classify(*lsn, e))?;
+                }
             }
-            i += 1;
+        }
+        for (table, groups) in std::mem::take(&mut pending) {
+            outcome.rows += self.insert_groups(&table, groups, scratch)?;
         }
         outcome.tables = touched.into_keys().collect();
         let info = format!("{{\"{LSN_KEY}\": {}}}", last.get());
@@ -212,6 +196,23 @@ impl LakeWriter {
             ))
             .map_err(db("recording the committed LSN"))?;
         Ok(outcome)
+    }
+
+    fn insert_groups(&self, table: &TableName, groups: Vec<Group>, scratch: &mut Vec<PathBuf>) -> Result<u64, ApplyError> {
+        let mut rows = 0u64;
+        for g in groups {
+            let file = self.scratch_dir.join(format!("flush-{}-{}.parquet", g.first_lsn, table));
+            write_parquet(&file, &g.schema, &g.batches).map_err(|e| {
+                ApplyError::Lake(LakeError::Io {
+                    context: format!("writing {}", file.display()),
+                    source: std::io::Error::other(e),
+                })
+            })?;
+            scratch.push(file.clone());
+            self.insert_parquet(table, &file).map_err(|e| classify(g.first_lsn, e))?;
+            rows += g.batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        }
+        Ok(rows)
     }
 
     fn table_exists(&self, table: &TableName) -> Result<bool, LakeError> {
@@ -293,6 +294,14 @@ impl LakeWriter {
             }
         }
     }
+}
+
+/// Consecutive rows of one table with one schema, inserted together.
+struct Group {
+    /// First LSN of the group (names its scratch file, blamed on failure).
+    first_lsn: Lsn,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
 }
 
 /// Decodes the IPC stream of a rows record.

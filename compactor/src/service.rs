@@ -150,6 +150,12 @@ impl AccountCompactor {
         *self.committed.borrow()
     }
 
+    /// Watches the committed position without asking for a flush (how
+    /// soon a normal write becomes visible).
+    pub fn subscribe(&self) -> watch::Receiver<Committed> {
+        self.committed.subscribe()
+    }
+
     /// Waits until `lsn` is committed and returns the snapshot holding it.
     /// Asks the loop to flush now rather than at the next interval.
     pub async fn wait_committed(&self, lsn: Lsn, timeout: Duration) -> Result<Committed, CompactorError> {

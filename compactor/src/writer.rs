@@ -198,7 +198,12 @@ impl LakeWriter {
         Ok(outcome)
     }
 
-    fn insert_groups(&self, table: &TableName, groups: Vec<Group>, scratch: &mut Vec<PathBuf>) -> Result<u64, ApplyError> {
+    fn insert_groups(
+        &self,
+        table: &TableName,
+        groups: Vec<Group>,
+        scratch: &mut Vec<PathBuf>,
+    ) -> Result<u64, ApplyError> {
         let mut rows = 0u64;
         for g in groups {
             let file = self.scratch_dir.join(format!("flush-{}-{}.parquet", g.first_lsn, table));

@@ -63,7 +63,9 @@ fn sigkill_during_ingest_flush_and_maintenance_is_exactly_once() {
         let mut q = conn
             .prepare(&format!("SELECT writer, seq, count(*), count(DISTINCT i) FROM lake.{t} GROUP BY ALL"))
             .unwrap();
-        let rows = q.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?)));
+        let rows = q.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+        });
         for r in rows.unwrap() {
             let (w, s, count, distinct) = r.unwrap();
             assert!(seen.insert((w, s), (t.to_string(), count, distinct)).is_none(), "append ({w},{s}) in two tables");
@@ -71,7 +73,10 @@ fn sigkill_during_ingest_flush_and_maintenance_is_exactly_once() {
     }
     for ((w, s), (count_table, count, distinct)) in &seen {
         let expected_rows = 1 + (*s as i64 * 7) % 50;
-        assert_eq!(*count, expected_rows, "append ({w},{s}) in {count_table}: {count} rows, expected {expected_rows} (duplicated or partial)");
+        assert_eq!(
+            *count, expected_rows,
+            "append ({w},{s}) in {count_table}: {count} rows, expected {expected_rows} (duplicated or partial)"
+        );
         assert_eq!(*distinct, expected_rows);
     }
     for ((w, s), (table, rows)) in &acked {

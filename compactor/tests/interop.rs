@@ -36,7 +36,10 @@ fn python_duckdb_reads_the_lake_directly() {
     let c = acct.open();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     for seq in 0..5 {
-        let rec = LogRecord::Rows { table: TableName::parse("events").unwrap(), ipc: ipc_stream(&[narrow_batch(7, seq, 100)]) };
+        let rec = LogRecord::Rows {
+            table: TableName::parse("events").unwrap(),
+            ipc: ipc_stream(&[narrow_batch(7, seq, 100)]),
+        };
         rt.block_on(c.append(&[rec])).unwrap();
         c.flush_blocking().unwrap();
     }

@@ -9,6 +9,7 @@ mod accounts;
 mod cli;
 mod config;
 mod meta;
+mod pipelines;
 mod server;
 mod telemetry;
 

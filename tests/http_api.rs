@@ -35,6 +35,10 @@ fn account_endpoint_authenticates(b: Backend) {
     assert_eq!(me["id"], account["id"]);
     assert!(me["usage"]["storage_bytes"].as_u64().unwrap() > 0, "catalog counts as storage");
     assert_eq!(me["quotas"]["max_concurrent_queries"], 5);
+    // The account's pipeline runs: nothing written yet, nothing committed.
+    assert_eq!(me["usage"]["committed_lsn"], 0);
+    assert!(me["usage"]["wal_uncompacted_bytes"].as_u64().is_some());
+    assert_eq!(me["usage"]["wal_lag_seconds"], 0.0);
     // Bearer and Basic (key as password) are accepted too.
     let r = s.http.get(s.url("/api/account")).bearer_auth(&key).send().unwrap();
     assert_eq!(json_of(r, 200)["name"], "acme");
@@ -280,9 +284,12 @@ fn serve_names_missing_extension(b: Backend) {
     assert!(err.contains(".duckdb_extension") && err.contains("fetch-duckdb-extensions.sh"), "{err}");
 }
 
-/// SIGTERM drains and exits cleanly.
+/// SIGTERM drains requests, stops every account's compactor after a last
+/// flush, and exits cleanly.
 fn sigterm_shuts_down_gracefully(b: Backend) {
     let env = TestEnv::migrated(b);
+    env.create_account("acme");
+    env.create_account("globex");
     let s = env.serve();
     let status = s.terminate();
     assert!(status.success(), "{status:?}");

@@ -9,6 +9,7 @@ use duckpond_compactor::Extensions;
 
 use crate::accounts::AccountService;
 use crate::config::{FlagOverrides, Home};
+use crate::pipelines::Pipelines;
 use crate::server::{self, AppState};
 use crate::telemetry;
 
@@ -32,15 +33,25 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     super::require_current_schema(&meta).await?;
     let extensions = Extensions::locate(&config.duckdb.extension_directory)?;
     let settings = InstanceSettings { memory_limit_mb: config.duckdb.memory_limit_mb, threads: config.duckdb.threads };
+    let pipelines = Arc::new(Pipelines::new(&config, extensions.clone()));
     let engine = tokio::task::spawn_blocking(move || extensions.open_instance(&settings))
         .await?
         .context("starting DuckDB with the configured extensions")?;
     let accounts = AccountService::new(meta.clone(), &config);
+    // Open every account's pipeline now: records a crash left in a log are
+    // committed without waiting for the next write.
+    for account in accounts.list().await? {
+        pipelines
+            .get(&account)
+            .await
+            .with_context(|| format!("opening the write-ahead log and lake of account {}", account.name))?;
+    }
     let state = AppState {
         config: Arc::new(config),
         accounts,
         engine: Arc::new(Mutex::new(engine)),
         metrics: telemetry::metrics_handle(),
+        pipelines,
     };
     server::serve(state).await?;
     meta.close().await;

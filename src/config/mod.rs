@@ -43,6 +43,90 @@ pub struct Config {
     pub notebooks: NotebooksConfig,
     /// Limits and per-account quota defaults.
     pub limits: LimitsConfig,
+    /// Each account's write-ahead log.
+    pub wal: WalConfig,
+    /// Each account's compactor (log -> DuckLake).
+    pub compactor: CompactorConfig,
+}
+
+/// When a WAL append counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalDurability {
+    /// fdatasync before acknowledging (default).
+    Fsync,
+    /// Wait up to `batch_window_ms` for more appends, then fdatasync, then acknowledge.
+    Batch,
+    /// Never fsync. Benchmarks only: acknowledged writes can be lost on power failure.
+    None,
+}
+
+/// `wal:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// Size at which a segment file is closed and a new one started.
+    pub segment_size_bytes: u64,
+    /// Largest single record (one ingest batch).
+    pub max_record_bytes: u64,
+    /// Appends get 429 while this many bytes wait to be compacted.
+    pub max_uncompacted_bytes: u64,
+    /// Appends get 429 while this many bytes wait for the log writer.
+    pub max_inflight_bytes: u64,
+    /// Most bytes one write + fsync carries.
+    pub max_batch_bytes: u64,
+    /// Durability mode.
+    pub durability: WalDurability,
+    /// Group-commit window of the `batch` mode.
+    pub batch_window_ms: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        Self {
+            segment_size_bytes: 64 * MIB,
+            max_record_bytes: 32 * MIB,
+            max_uncompacted_bytes: GIB,
+            max_inflight_bytes: 256 * MIB,
+            max_batch_bytes: 16 * MIB,
+            durability: WalDurability::Fsync,
+            batch_window_ms: 2,
+        }
+    }
+}
+
+/// `compactor:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactorConfig {
+    /// Flush each account's log at least this often while records wait.
+    pub flush_interval_ms: u64,
+    /// Flush early once this many bytes wait.
+    pub flush_threshold_bytes: u64,
+    /// Largest slice of the log one flush reads.
+    pub max_flush_bytes: u64,
+    /// Flushes (of different accounts) running at once.
+    pub max_concurrent_flushes: u32,
+    /// Interval of maintenance (merge, expire, cleanup) per account.
+    pub maintenance_interval_ms: u64,
+    /// Snapshots are kept (time travel) this long.
+    pub snapshot_retention_hours: u64,
+    /// Longest a `?wait=committed` write waits for its snapshot.
+    pub commit_wait_timeout_ms: u64,
+}
+
+impl Default for CompactorConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 1_000,
+            flush_threshold_bytes: 64 * MIB,
+            max_flush_bytes: 256 * MIB,
+            max_concurrent_flushes: 2,
+            maintenance_interval_ms: 3_600_000,
+            snapshot_retention_hours: 168,
+            commit_wait_timeout_ms: 30_000,
+        }
+    }
 }
 
 /// `server:` section.
@@ -378,6 +462,18 @@ impl Config {
         }
         if self.limits.max_file_size_mb == 0 {
             return value("limits.max_file_size_mb", "must be at least 1");
+        }
+        if self.wal.segment_size_bytes < 4096 {
+            return value("wal.segment_size_bytes", "must be at least 4096");
+        }
+        if self.wal.max_record_bytes == 0 || self.wal.max_record_bytes > self.wal.max_inflight_bytes {
+            return value("wal.max_record_bytes", "must be positive and at most wal.max_inflight_bytes");
+        }
+        if self.compactor.flush_interval_ms == 0 {
+            return value("compactor.flush_interval_ms", "must be at least 1");
+        }
+        if self.compactor.max_concurrent_flushes == 0 {
+            return value("compactor.max_concurrent_flushes", "must be at least 1");
         }
         if self.limits.default_max_concurrent_queries == 0 {
             return value("limits.default_max_concurrent_queries", "must be at least 1");

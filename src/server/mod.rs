@@ -27,6 +27,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::accounts::AccountService;
 use crate::config::Config;
+use crate::pipelines::Pipelines;
 
 /// Header carrying the request id (generated unless the client sent one).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -42,6 +43,8 @@ pub struct AppState {
     pub engine: Arc<Mutex<duckdb::Connection>>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Each account's log and compactor.
+    pub pipelines: Arc<Pipelines>,
 }
 
 /// Builds the application.
@@ -86,6 +89,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     let local: SocketAddr = listener.local_addr()?;
     let grace = Duration::from_millis(state.config.server.shutdown_grace_period_ms);
+    let pipelines = state.pipelines.clone();
     println!("duckpond listening on http://{local}");
     tracing::info!(%local, "listening");
     let app = router(state);
@@ -103,6 +107,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
             tokio::time::sleep(grace).await;
         } => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections"),
     }
+    pipelines.shutdown(grace).await;
     tracing::info!("stopped");
     Ok(())
 }

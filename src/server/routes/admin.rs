@@ -88,6 +88,9 @@ pub async fn delete_account(
     _: Admin,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let account = state.accounts.get(&name).await?;
+    // Stop its compactor before its files go.
+    state.pipelines.close(&account.id).await;
     state.accounts.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -28,6 +28,41 @@ fn bench_dir() -> tempfile::TempDir {
     }
 }
 
+/// Runs `appenders` concurrent tasks that together make about `iters`
+/// appends of `batch` (each awaiting its acknowledgement), and returns the
+/// time per `iters` appends. Truncates the log afterwards so samples do not
+/// fill the disk.
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    wal: &Arc<Wal>,
+    appenders: usize,
+    iters: u64,
+    batch: &[(RecordKind, Bytes)],
+) -> Duration {
+    let per = iters.div_ceil(appenders as u64);
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..appenders)
+            .map(|_| {
+                let (wal, batch) = (wal.clone(), batch.to_vec());
+                tokio::spawn(async move {
+                    for _ in 0..per {
+                        wal.append_batch(batch.clone()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let elapsed = start.elapsed();
+    if let Some(l) = wal.durable_lsn() {
+        wal.truncate_before(Lsn::new(l.get() + 1)).unwrap();
+    }
+    elapsed.mul_f64(iters as f64 / (per * appenders as u64) as f64)
+}
+
 fn raw_disk(c: &mut Criterion) {
     let mut g = c.benchmark_group("raw_disk");
     g.measurement_time(Duration::from_secs(5)).sample_size(10);
@@ -66,35 +101,10 @@ fn wal_append(c: &mut Criterion) {
             };
             let (wal, _) = Wal::open(dir.path(), opts).unwrap();
             let wal = Arc::new(wal);
-            let payload = Bytes::from(vec![0xa5u8; size]);
+            let batch = vec![(RecordKind(1), Bytes::from(vec![0xa5u8; size]))];
             g.throughput(Throughput::Bytes(size as u64));
             g.bench_with_input(BenchmarkId::new(size.to_string(), appenders), &appenders, |b, &appenders| {
-                b.iter_custom(|iters| {
-                    let per = iters.div_ceil(appenders as u64);
-                    let start = Instant::now();
-                    rt.block_on(async {
-                        let tasks: Vec<_> = (0..appenders)
-                            .map(|_| {
-                                let (wal, payload) = (wal.clone(), payload.clone());
-                                tokio::spawn(async move {
-                                    for _ in 0..per {
-                                        wal.append(RecordKind(1), payload.clone()).await.unwrap();
-                                    }
-                                })
-                            })
-                            .collect();
-                        for t in tasks {
-                            t.await.unwrap();
-                        }
-                    });
-                    let elapsed = start.elapsed();
-                    // Keep the disk footprint bounded between samples.
-                    if let Some(l) = wal.durable_lsn() {
-                        wal.truncate_before(Lsn::new(l.get() + 1)).unwrap();
-                    }
-                    // Report time per append actually made.
-                    elapsed.mul_f64(iters as f64 / (per * appenders as u64) as f64)
-                })
+                b.iter_custom(|iters| drive(&rt, &wal, appenders, iters, &batch))
             });
         }
     }
@@ -119,30 +129,7 @@ fn wal_batch(c: &mut Criterion) {
     g.throughput(Throughput::Elements(RECORDS_PER_APPEND as u64));
     let id = format!("{RECORD_BYTES}B_x{RECORDS_PER_APPEND}");
     g.bench_with_input(BenchmarkId::new(id, APPENDERS), &APPENDERS, |b, &appenders| {
-        b.iter_custom(|iters| {
-            let per = iters.div_ceil(appenders as u64);
-            let start = Instant::now();
-            rt.block_on(async {
-                let tasks: Vec<_> = (0..appenders)
-                    .map(|_| {
-                        let (wal, batch) = (wal.clone(), batch.clone());
-                        tokio::spawn(async move {
-                            for _ in 0..per {
-                                wal.append_batch(batch.clone()).await.unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
-            });
-            let elapsed = start.elapsed();
-            if let Some(l) = wal.durable_lsn() {
-                wal.truncate_before(Lsn::new(l.get() + 1)).unwrap();
-            }
-            elapsed.mul_f64(iters as f64 / (per * appenders as u64) as f64)
-        })
+        b.iter_custom(|iters| drive(&rt, &wal, appenders, iters, &batch))
     });
     g.finish();
 }

@@ -294,12 +294,14 @@ impl AccountCompactor {
         let mut backoff: Option<Duration> = None;
         loop {
             let wait = backoff.unwrap_or(interval);
+            // A dropped shutdown sender means stop too (never spin on it).
+            let mut sender_gone = false;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {},
                 _ = self.wake.notified(), if backoff.is_none() => {},
-                _ = shutdown.changed() => {},
+                changed = shutdown.changed() => sender_gone = changed.is_err(),
             }
-            let stopping = *shutdown.borrow();
+            let stopping = sender_gone || *shutdown.borrow();
             let label = self.opts.metrics_label.clone();
             metrics::gauge!(m::WAL_LAG_SECONDS, "account" => label.clone()).set(self.lag_seconds());
             let Ok(permit) = pool.clone().acquire_owned().await else { return };

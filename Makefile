@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/duckpond/target
 DUCKPOND_HOME ?= $(HOME)/.duckpond
 # Extension binaries for the test suite (the daemon's own live in $(DUCKPOND_HOME)/extensions).
 TEST_EXTENSION_DIR ?= $(HOME)/.cache/duckpond/extensions
-TEST_POSTGRES_URL ?= postgresql://duckpond_test:duckpond_test@127.0.0.1:5432/postgres
+TEST_POSTGRES_URL ?= postgresql://duckpond_test:duckpond_test@127.0.0.1:5432/duckpond_test
 TEST_PYTHON ?= $(HOME)/.cache/duckpond/venv/bin/python
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 

@@ -38,6 +38,10 @@ BEGIN
 END
 $$;
 SQL
+# The database the tests connect to (DuckLake catalog schemas live in it).
+if ! su postgres -c "psql -p $port -qAtc \"select 1 from pg_database where datname = 'duckpond_test'\"" | grep -q 1; then
+  su postgres -c "psql -p $port -qAtc 'CREATE DATABASE duckpond_test OWNER duckpond_test'" >/dev/null
+fi
 # Drop databases left by earlier runs so they do not pile up.
 for db in $(su postgres -c "psql -p $port -qAtc \"select datname from pg_database where datname like 'duckpond_test_%'\""); do
   su postgres -c "psql -p $port -qAtc 'DROP DATABASE IF EXISTS $db'" >/dev/null

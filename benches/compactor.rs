@@ -41,7 +41,7 @@ fn batch(cols: usize, rows: usize, base: i64) -> RecordBatch {
 }
 
 fn open(ext: &Extensions, dir: &Path, opts: CompactorOptions) -> (Arc<AccountCompactor>, CatalogLocation) {
-    let loc = CatalogLocation { catalog_file: dir.join("catalog.sqlite"), data_path: dir.join("data") };
+    let loc = CatalogLocation::sqlite(dir.join("catalog.sqlite"), dir.join("data"));
     loc.create(ext, &SETTINGS).unwrap();
     let opts = CompactorOptions { scratch_dir: dir.join("staging"), quarantine_dir: dir.join("q"), ..opts };
     let wal = WalOptions {
@@ -81,7 +81,7 @@ fn throughput(ext: &Extensions, cols: usize) -> (f64, f64) {
 
     // Reference: the same rows straight into a DuckLake by the same DuckDB.
     let rdir = tempfile::tempdir().unwrap();
-    let loc = CatalogLocation { catalog_file: rdir.path().join("catalog.sqlite"), data_path: rdir.path().join("data") };
+    let loc = CatalogLocation::sqlite(rdir.path().join("catalog.sqlite"), rdir.path().join("data"));
     loc.create(ext, &SETTINGS).unwrap();
     let conn = ext.open_instance(&SETTINGS).unwrap();
     conn.execute_batch(&format!("{}, DATA_INLINING_ROW_LIMIT 0)", loc.attach_sql("lake", false).trim_end_matches(')')))

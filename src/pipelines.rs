@@ -15,7 +15,7 @@ use duckpond_wal::{Durability, WalOptions};
 use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::accounts::{Account, AccountId, AccountLayout};
+use crate::accounts::{Account, AccountId, AccountLayout, CatalogPlacement};
 use crate::config::{Config, WalDurability};
 
 struct Running {
@@ -29,6 +29,7 @@ pub struct Pipelines {
     extensions: Extensions,
     settings: InstanceSettings,
     storage_root: PathBuf,
+    catalogs: CatalogPlacement,
     wal: WalOptions,
     compactor: CompactorOptions,
     pool: Arc<Semaphore>,
@@ -47,6 +48,7 @@ impl Pipelines {
                 threads: config.duckdb.threads,
             },
             storage_root: config.storage.local_path.clone(),
+            catalogs: CatalogPlacement::from_config(&config.storage),
             wal: WalOptions {
                 segment_size_bytes: w.segment_size_bytes,
                 max_record_bytes: w.max_record_bytes,
@@ -81,6 +83,7 @@ impl Pipelines {
         }
         let layout = AccountLayout::new(&self.storage_root, &account.id);
         let (ext, settings) = (self.extensions.clone(), self.settings);
+        let catalog = layout.catalog(&self.catalogs);
         let wal = WalOptions { metrics_label: account.id.to_string(), ..self.wal.clone() };
         let opts = CompactorOptions {
             quarantine_dir: layout.root().join("quarantine"),
@@ -89,7 +92,7 @@ impl Pipelines {
             ..self.compactor.clone()
         };
         let (compactor, report) = tokio::task::spawn_blocking(move || {
-            AccountCompactor::open(&ext, &settings, &layout.catalog(), &layout.wal_dir(), wal, opts)
+            AccountCompactor::open(&ext, &settings, &catalog, &layout.wal_dir(), wal, opts)
         })
         .await
         .map_err(|_| CompactorError::Stopped)??;

@@ -154,6 +154,49 @@ fn account_create_without_extensions_leaves_nothing() {
     assert_eq!(listed, serde_json::json!([]));
 }
 
+fn postgres_schema_exists(url: &str, schema: &str) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.schemata WHERE schema_name = $1")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        n == 1
+    })
+}
+
+/// With `storage.catalog_backend: postgres`, an account's DuckLake catalog
+/// is the schema duckpond_<id> in that database: created (and round-tripped)
+/// with the account, used by the server's compactor, dropped with the account.
+#[test]
+fn account_catalog_in_postgres() {
+    let url = std::env::var("DUCKPOND_TEST_POSTGRES_URL").expect("DUCKPOND_TEST_POSTGRES_URL (run via make test)");
+    let env = TestEnv::new(Backend::Sqlite);
+    env.write_config(&format!("storage:\n  catalog_backend: postgres\n  catalog_postgres_url: \"{url}\"\n"));
+    env.ok(&["db", "upgrade"]);
+    let (account, key) = env.create_account("acme");
+    let schema = format!("duckpond_{}", account["id"].as_str().unwrap());
+    assert!(postgres_schema_exists(&url, &schema), "catalog schema {schema} created");
+    assert!(!env.path().join("data/accounts").join(account["id"].as_str().unwrap()).join("catalog.sqlite").exists());
+    {
+        let s = env.serve();
+        assert_eq!(s.get("/api/account", Some(&key)).status(), 200);
+    }
+    env.ok(&["account", "delete", "acme", "--yes"]);
+    assert!(!postgres_schema_exists(&url, &schema), "catalog schema {schema} dropped");
+}
+
+/// Choosing the postgres catalog backend without a database is refused.
+#[test]
+fn postgres_catalog_backend_needs_a_url() {
+    let env = TestEnv::new(Backend::Sqlite);
+    env.write_config("storage:\n  catalog_backend: postgres\n");
+    assert!(env.fails(&["db", "upgrade"]).contains("storage.catalog_postgres_url"));
+}
+
 both_backends!(
     upgrade_then_status_current,
     account_lifecycle,

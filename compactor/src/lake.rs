@@ -43,22 +43,22 @@ pub enum LakeError {
         arch: &'static str,
     },
     /// DuckDB refused an operation; `context` says which.
-    #[error("{context}: {source}")]
+    // The cause is part of the message (and deliberately not a `source`,
+    // which would print it twice in error chains).
+    #[error("{context}: {error}")]
     DuckDb {
         /// What was being done.
         context: String,
         /// DuckDB's error.
-        #[source]
-        source: duckdb::Error,
+        error: duckdb::Error,
     },
     /// A filesystem operation on the lake's directories failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done.
         context: String,
         /// The I/O error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A round trip through a new catalog returned something else than written.
     #[error("catalog round trip failed: {0}")]
@@ -68,7 +68,7 @@ pub enum LakeError {
 impl LakeError {
     fn duckdb(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Self {
         let context = context.into();
-        move |source| LakeError::DuckDb { context, source }
+        move |source| LakeError::DuckDb { context, error: source }
     }
 
     /// True when the error is a missing extension binary (a setup problem).
@@ -164,35 +164,70 @@ pub fn sql_string(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// Where a DuckLake's catalog (metadata) lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogMetadata {
+    /// A SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A schema of a PostgreSQL database, one per account; DuckLake creates
+    /// the schema on first attach.
+    Postgres {
+        /// libpq connection string or `postgresql://` URL.
+        conninfo: String,
+        /// The account's metadata schema.
+        schema: String,
+    },
+}
+
 /// Where an account's DuckLake catalog and data files live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogLocation {
-    /// The SQLite catalog file.
-    pub catalog_file: PathBuf,
+    /// The catalog.
+    pub metadata: CatalogMetadata,
     /// Directory of the Parquet data files (ends up with a trailing slash).
     pub data_path: PathBuf,
 }
 
 impl CatalogLocation {
+    /// A SQLite-backed catalog.
+    pub fn sqlite(catalog_file: PathBuf, data_path: PathBuf) -> Self {
+        Self { metadata: CatalogMetadata::Sqlite(catalog_file), data_path }
+    }
+
+    /// A human-readable name of the catalog (never includes a password).
+    pub fn describe(&self) -> String {
+        match &self.metadata {
+            CatalogMetadata::Sqlite(f) => f.display().to_string(),
+            CatalogMetadata::Postgres { schema, .. } => format!("PostgreSQL schema {schema}"),
+        }
+    }
+
     /// The `ATTACH` statement for this catalog under `alias`.
     pub fn attach_sql(&self, alias: &str, read_only: bool) -> String {
         let mut data_path = self.data_path.display().to_string();
         if !data_path.ends_with('/') {
             data_path.push('/');
         }
-        let target = format!("ducklake:sqlite:{}", self.catalog_file.display());
+        let (target, schema) = match &self.metadata {
+            CatalogMetadata::Sqlite(f) => (format!("ducklake:sqlite:{}", f.display()), String::new()),
+            CatalogMetadata::Postgres { conninfo, schema } => {
+                (format!("ducklake:postgres:{conninfo}"), format!(", METADATA_SCHEMA {}", sql_string(schema)))
+            }
+        };
         let ro = if read_only { ", READ_ONLY" } else { "" };
-        format!("ATTACH {} AS {alias} (DATA_PATH {}{ro})", sql_string(&target), sql_string(&data_path))
+        format!("ATTACH {} AS {alias} (DATA_PATH {}{schema}{ro})", sql_string(&target), sql_string(&data_path))
     }
 
     /// Creates the catalog (and its data directory) and proves it works by
     /// writing, reading back and dropping a probe table.
     pub fn create(&self, extensions: &Extensions, settings: &InstanceSettings) -> Result<(), LakeError> {
-        std::fs::create_dir_all(&self.data_path)
-            .map_err(|source| LakeError::Io { context: format!("creating {}", self.data_path.display()), source })?;
+        std::fs::create_dir_all(&self.data_path).map_err(|source| LakeError::Io {
+            context: format!("creating {}", self.data_path.display()),
+            error: source,
+        })?;
         let conn = extensions.open_instance(settings)?;
         conn.execute_batch(&self.attach_sql("lake", false))
-            .map_err(LakeError::duckdb(format!("creating DuckLake catalog {}", self.catalog_file.display())))?;
+            .map_err(LakeError::duckdb(format!("creating DuckLake catalog {}", self.describe())))?;
         let probe = "lake.main.__duckpond_probe";
         conn.execute_batch(&format!(
             "CREATE TABLE {probe} (id INTEGER, label VARCHAR); INSERT INTO {probe} VALUES (1, 'duckpond'), (2, 'lake');"
@@ -210,6 +245,20 @@ impl CatalogLocation {
             .map_err(LakeError::duckdb("dropping the catalog probe table"))?;
         Ok(())
     }
+
+    /// Removes the catalog's metadata where it does not live in the
+    /// account's directory (a PostgreSQL schema). Data files go with the
+    /// directory. Idempotent.
+    pub fn destroy(&self, extensions: &Extensions, settings: &InstanceSettings) -> Result<(), LakeError> {
+        let CatalogMetadata::Postgres { conninfo, schema } = &self.metadata else { return Ok(()) };
+        let conn = extensions.open_instance(settings)?;
+        conn.execute_batch(&format!("ATTACH {} AS pg (TYPE postgres)", sql_string(conninfo)))
+            .map_err(LakeError::duckdb("connecting to the PostgreSQL catalog database"))?;
+        let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", schema.replace('"', "\"\""));
+        conn.execute_batch(&format!("CALL postgres_execute('pg', {})", sql_string(&drop)))
+            .map_err(LakeError::duckdb(format!("dropping PostgreSQL schema {schema}")))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -223,10 +272,18 @@ mod tests {
 
     #[test]
     fn attach_sql_quotes_paths_and_marks_read_only() {
-        let loc = CatalogLocation { catalog_file: "/x/it's/catalog.sqlite".into(), data_path: "/x/data".into() };
+        let loc = CatalogLocation::sqlite("/x/it's/catalog.sqlite".into(), "/x/data".into());
         assert_eq!(
             loc.attach_sql("lake", true),
             "ATTACH 'ducklake:sqlite:/x/it''s/catalog.sqlite' AS lake (DATA_PATH '/x/data/', READ_ONLY)"
+        );
+        let pg = CatalogLocation {
+            metadata: CatalogMetadata::Postgres { conninfo: "dbname=d host=h".into(), schema: "duckpond_ab".into() },
+            data_path: "/x/data/".into(),
+        };
+        assert_eq!(
+            pg.attach_sql("lake", false),
+            "ATTACH 'ducklake:postgres:dbname=d host=h' AS lake (DATA_PATH '/x/data/', METADATA_SCHEMA 'duckpond_ab')"
         );
     }
 

@@ -22,7 +22,7 @@ pub mod testing;
 mod writer;
 
 pub use error::CompactorError;
-pub use lake::{CatalogLocation, Extensions, InstanceSettings, LakeError};
+pub use lake::{CatalogLocation, CatalogMetadata, Extensions, InstanceSettings, LakeError};
 pub use maintenance::MaintenanceOutcome;
 pub use service::{AccountCompactor, Committed, CompactorOptions};
 pub use writer::{FlushOutcome, LakeWriter, COMMIT_AUTHOR, LAKE_ALIAS, LSN_KEY};

@@ -25,7 +25,7 @@ pub struct MaintenanceOutcome {
 }
 
 fn db(context: &'static str) -> impl FnOnce(duckdb::Error) -> LakeError {
-    move |source| LakeError::DuckDb { context: context.to_string(), source }
+    move |source| LakeError::DuckDb { context: context.to_string(), error: source }
 }
 
 /// Runs merge, expire and cleanup on the writer's lake.

@@ -79,7 +79,7 @@ pub struct LakeWriter {
 }
 
 fn db(context: &str) -> impl FnOnce(duckdb::Error) -> LakeError + '_ {
-    move |source| LakeError::DuckDb { context: context.to_string(), source }
+    move |source| LakeError::DuckDb { context: context.to_string(), error: source }
 }
 
 impl LakeWriter {
@@ -91,8 +91,10 @@ impl LakeWriter {
         location: &CatalogLocation,
         scratch_dir: &Path,
     ) -> Result<Self, LakeError> {
-        std::fs::create_dir_all(scratch_dir)
-            .map_err(|source| LakeError::Io { context: format!("creating {}", scratch_dir.display()), source })?;
+        std::fs::create_dir_all(scratch_dir).map_err(|source| LakeError::Io {
+            context: format!("creating {}", scratch_dir.display()),
+            error: source,
+        })?;
         let conn = extensions.open_instance(settings)?;
         // Inlining off: every flush writes Parquet, avoiding inlined-data
         // flush bugs (ducklake #650, #1368) and catalog bloat (#572).
@@ -210,7 +212,7 @@ impl LakeWriter {
             write_parquet(&file, &g.schema, &g.batches).map_err(|e| {
                 ApplyError::Lake(LakeError::Io {
                     context: format!("writing {}", file.display()),
-                    source: std::io::Error::other(e),
+                    error: std::io::Error::other(e),
                 })
             })?;
             scratch.push(file.clone());
@@ -286,10 +288,8 @@ impl LakeWriter {
                 })?;
                 let schema = reader.schema();
                 let file = self.scratch_dir.join(format!("create-{table}.parquet"));
-                write_parquet(&file, &schema, &[]).map_err(|e| LakeError::Io {
-                    context: "writing schema".into(),
-                    source: std::io::Error::other(e),
-                })?;
+                write_parquet(&file, &schema, &[])
+                    .map_err(|e| LakeError::Io { context: "writing schema".into(), error: std::io::Error::other(e) })?;
                 let res = self.conn.execute_batch(&format!(
                     "CREATE TABLE {target} AS SELECT * FROM read_parquet({}) LIMIT 0",
                     sql_string(&file.display().to_string())

@@ -30,7 +30,17 @@ fn rt() -> tokio::runtime::Runtime {
 #[test]
 fn flush_is_exactly_once_across_reopen() {
     let d = tempfile::tempdir().unwrap();
-    let acct = Account::new(d.path());
+    exactly_once_across_reopen(Account::new(d.path()));
+}
+
+/// The same with the account's catalog in a PostgreSQL schema.
+#[test]
+fn flush_is_exactly_once_across_reopen_postgres_catalog() {
+    let d = tempfile::tempdir().unwrap();
+    exactly_once_across_reopen(Account::new_postgres(d.path()));
+}
+
+fn exactly_once_across_reopen(acct: Account) {
     let c = acct.open();
     let rt = rt();
     let r1 = rt.block_on(c.append(&[rows("events", 1, 0, 100), rows("metrics", 1, 1, 10)])).unwrap();

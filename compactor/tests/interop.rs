@@ -50,7 +50,7 @@ fn python_duckdb_reads_the_lake_directly() {
     let out = Command::new(python)
         .args(["-c", SCRIPT])
         .arg(&ext_dir)
-        .arg(&loc.catalog_file)
+        .arg(acct.root.join("catalog.sqlite"))
         .arg(&loc.data_path)
         .output()
         .unwrap();

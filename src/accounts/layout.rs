@@ -6,20 +6,45 @@
 
 use std::path::{Path, PathBuf};
 
-use duckpond_compactor::CatalogLocation;
+use duckpond_compactor::{CatalogLocation, CatalogMetadata};
+
+use crate::config::{CatalogBackend, StorageConfig};
 
 use super::AccountId;
+
+/// Where accounts' catalogs go, from the `storage:` configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogPlacement {
+    /// `<account root>/catalog.sqlite`.
+    Sqlite,
+    /// Schema `duckpond_<account id>` in this PostgreSQL database.
+    Postgres {
+        /// Connection string or URL.
+        conninfo: String,
+    },
+}
+
+impl CatalogPlacement {
+    /// From the configuration.
+    pub fn from_config(storage: &StorageConfig) -> Self {
+        match storage.catalog_backend {
+            CatalogBackend::Sqlite => CatalogPlacement::Sqlite,
+            CatalogBackend::Postgres => CatalogPlacement::Postgres { conninfo: storage.catalog_postgres_url.clone() },
+        }
+    }
+}
 
 /// The paths of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountLayout {
     root: PathBuf,
+    id: AccountId,
 }
 
 impl AccountLayout {
     /// The layout of `id` under the storage root.
     pub fn new(storage_root: &Path, id: &AccountId) -> Self {
-        Self { root: storage_root.join("accounts").join(id.as_str()) }
+        Self { root: storage_root.join("accounts").join(id.as_str()), id: id.clone() }
     }
 
     /// The account's root directory.
@@ -47,9 +72,16 @@ impl AccountLayout {
         self.root.join("notebooks")
     }
 
-    /// The account's DuckLake catalog.
-    pub fn catalog(&self) -> CatalogLocation {
-        CatalogLocation { catalog_file: self.root.join("catalog.sqlite"), data_path: self.data_dir() }
+    /// The account's DuckLake catalog. The PostgreSQL schema name is derived
+    /// from the random account id, never from user input.
+    pub fn catalog(&self, placement: &CatalogPlacement) -> CatalogLocation {
+        let metadata = match placement {
+            CatalogPlacement::Sqlite => CatalogMetadata::Sqlite(self.root.join("catalog.sqlite")),
+            CatalogPlacement::Postgres { conninfo } => {
+                CatalogMetadata::Postgres { conninfo: conninfo.clone(), schema: format!("duckpond_{}", self.id) }
+            }
+        };
+        CatalogLocation { metadata, data_path: self.data_dir() }
     }
 
     /// Creates every directory of the layout.

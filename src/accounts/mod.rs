@@ -15,7 +15,7 @@ use crate::config::{Config, LimitsConfig};
 use crate::meta::{AccountRow, ApiKeyRow, MetaError, MetaStore};
 use duckpond_compactor::lake::InstanceSettings;
 use duckpond_compactor::{Extensions, LakeError};
-pub use layout::AccountLayout;
+pub use layout::{AccountLayout, CatalogPlacement};
 
 /// A key's `last_used_at` is written at most this often.
 const KEY_LAST_USED_RESOLUTION_MS: i64 = 60_000;
@@ -262,7 +262,7 @@ pub enum AccountError {
     #[error(transparent)]
     Meta(#[from] MetaError),
     /// The account's DuckLake could not be created.
-    #[error("creating the account's DuckLake catalog failed: {0}")]
+    #[error("creating the account's DuckLake catalog failed")]
     Lake(#[from] LakeError),
     /// The account's directories could not be created or removed.
     #[error("{context}: {source}")]
@@ -301,6 +301,7 @@ pub struct AccountService {
     storage_root: PathBuf,
     extension_dir: PathBuf,
     instance: InstanceSettings,
+    catalogs: CatalogPlacement,
 }
 
 fn now_ms() -> i64 {
@@ -331,6 +332,7 @@ impl AccountService {
                 memory_limit_mb: config.duckdb.memory_limit_mb,
                 threads: config.duckdb.threads,
             },
+            catalogs: CatalogPlacement::from_config(&config.storage),
         }
     }
 
@@ -365,15 +367,18 @@ impl AccountService {
         let account = Account { id: AccountId::generate(), name, created_at: time_of(now_ms()), overrides };
         self.meta.insert_account(&self.row_of(&account)?).await?;
         let layout = self.layout(&account);
+        let catalog = layout.catalog(&self.catalogs);
         let setup = {
             let layout = layout.clone();
+            let catalog = catalog.clone();
+            let extensions = extensions.clone();
             let instance = self.instance;
             tokio::task::spawn_blocking(move || -> Result<(), AccountError> {
                 layout.create_dirs().map_err(|source| AccountError::Io {
                     context: format!("creating {}", layout.root().display()),
                     source,
                 })?;
-                layout.catalog().create(&extensions, &instance)?;
+                catalog.create(&extensions, &instance)?;
                 Ok(())
             })
             .await
@@ -391,6 +396,7 @@ impl AccountService {
                     tracing::error!(account = %account.name, error = %cleanup, "cleanup of failed account creation");
                 }
                 let _ = std::fs::remove_dir_all(layout.root());
+                let _ = catalog.destroy(&extensions, &self.instance);
                 Err(e)
             }
         }
@@ -417,15 +423,24 @@ impl AccountService {
         Ok(account)
     }
 
-    /// Deletes an account: its keys stop working at once, then its files go.
+    /// Deletes an account: its keys stop working at once, then its files
+    /// (and a PostgreSQL catalog schema) go.
     pub async fn delete(&self, name: &str) -> Result<Account, AccountError> {
         let account = self.get(name).await?;
         self.meta.delete_account(account.id.as_str()).await?;
-        let root = self.layout(&account).root().to_path_buf();
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&root) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(AccountError::Io { context: format!("removing {}", root.display()), source }),
+        let layout = self.layout(&account);
+        let root = layout.root().to_path_buf();
+        let catalog = layout.catalog(&self.catalogs);
+        let (extension_dir, instance) = (self.extension_dir.clone(), self.instance);
+        tokio::task::spawn_blocking(move || {
+            if matches!(catalog.metadata, duckpond_compactor::CatalogMetadata::Postgres { .. }) {
+                catalog.destroy(&Extensions::locate(&extension_dir)?, &instance)?;
+            }
+            match std::fs::remove_dir_all(&root) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(AccountError::Io { context: format!("removing {}", root.display()), source }),
+            }
         })
         .await
         .unwrap_or_else(|e| Err(AccountError::Corrupt(format!("delete task failed: {e}"))))?;

@@ -186,6 +186,16 @@ pub enum StorageBackend {
     Local,
 }
 
+/// Where accounts' DuckLake catalogs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogBackend {
+    /// A SQLite file in each account's directory (embedded default).
+    Sqlite,
+    /// One schema per account in the PostgreSQL database `catalog_postgres_url`.
+    Postgres,
+}
+
 /// `storage:` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -194,11 +204,21 @@ pub struct StorageConfig {
     pub default_backend: StorageBackend,
     /// Root of account data (relative paths resolve against the home).
     pub local_path: PathBuf,
+    /// Where accounts' DuckLake catalogs live.
+    pub catalog_backend: CatalogBackend,
+    /// PostgreSQL database for `catalog_backend: postgres` (libpq string or
+    /// postgresql:// URL); each account gets the schema `duckpond_<id>`.
+    pub catalog_postgres_url: String,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { default_backend: StorageBackend::Local, local_path: "data".into() }
+        Self {
+            default_backend: StorageBackend::Local,
+            local_path: "data".into(),
+            catalog_backend: CatalogBackend::Sqlite,
+            catalog_postgres_url: String::new(),
+        }
     }
 }
 
@@ -462,6 +482,9 @@ impl Config {
         }
         if self.limits.max_file_size_mb == 0 {
             return value("limits.max_file_size_mb", "must be at least 1");
+        }
+        if self.storage.catalog_backend == CatalogBackend::Postgres && self.storage.catalog_postgres_url.is_empty() {
+            return value("storage.catalog_postgres_url", "is required when storage.catalog_backend is postgres");
         }
         if self.wal.segment_size_bytes < 4096 {
             return value("wal.segment_size_bytes", "must be at least 4096");

@@ -23,8 +23,8 @@ fn main() {
     let (dir, ext, mode) = (PathBuf::from(&args[1]), PathBuf::from(&args[2]), args[3].as_str());
     let ext = Extensions::locate(&ext).expect("extensions");
     let settings = InstanceSettings { memory_limit_mb: 1024, threads: 1 };
-    let location = CatalogLocation { catalog_file: dir.join("catalog.sqlite"), data_path: dir.join("data") };
-    if !location.catalog_file.exists() {
+    let location = CatalogLocation::sqlite(dir.join("catalog.sqlite"), dir.join("data"));
+    if !dir.join("catalog.sqlite").exists() {
         location.create(&ext, &settings).expect("create catalog");
     }
     let opts = CompactorOptions {

@@ -1,7 +1,9 @@
 #![allow(dead_code)]
 use std::path::{Path, PathBuf};
 
-use duckpond_compactor::{AccountCompactor, CatalogLocation, CompactorOptions, Extensions, InstanceSettings};
+use duckpond_compactor::{
+    AccountCompactor, CatalogLocation, CatalogMetadata, CompactorOptions, Extensions, InstanceSettings,
+};
 use duckpond_wal::WalOptions;
 
 pub fn extensions() -> Extensions {
@@ -15,16 +17,32 @@ pub const SETTINGS: InstanceSettings = InstanceSettings { memory_limit_mb: 1024,
 /// An account directory laid out like the daemon's.
 pub struct Account {
     pub root: PathBuf,
+    location: CatalogLocation,
 }
 
 impl Account {
+    /// With a SQLite catalog in the directory.
     pub fn new(root: &Path) -> Self {
-        let a = Account { root: root.to_path_buf() };
-        a.location().create(&extensions(), &SETTINGS).expect("create catalog");
-        a
+        Self::with(root, CatalogMetadata::Sqlite(root.join("catalog.sqlite")))
     }
+
+    /// With its catalog in a fresh schema of the test PostgreSQL database
+    /// (dropped again when the account is dropped).
+    pub fn new_postgres(root: &Path) -> Self {
+        let conninfo = std::env::var("DUCKPOND_TEST_POSTGRES_URL")
+            .expect("DUCKPOND_TEST_POSTGRES_URL is not set: run the suite with `make test`");
+        let schema = format!("duckpond_test_{}", std::process::id() as u64 * 1000 + rand_suffix());
+        Self::with(root, CatalogMetadata::Postgres { conninfo, schema })
+    }
+
+    fn with(root: &Path, metadata: CatalogMetadata) -> Self {
+        let location = CatalogLocation { metadata, data_path: root.join("data") };
+        location.create(&extensions(), &SETTINGS).expect("create catalog");
+        Account { root: root.to_path_buf(), location }
+    }
+
     pub fn location(&self) -> CatalogLocation {
-        CatalogLocation { catalog_file: self.root.join("catalog.sqlite"), data_path: self.root.join("data") }
+        self.location.clone()
     }
     pub fn options(&self) -> CompactorOptions {
         CompactorOptions {
@@ -57,4 +75,17 @@ pub fn query_i64(account: &Account, sql: &str) -> i64 {
     let conn = ext.open_instance(&SETTINGS).unwrap();
     conn.execute_batch(&account.location().attach_sql("lake", true)).unwrap();
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = self.location.destroy(&extensions(), &SETTINGS);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    (t % 997) * 1000 + N.fetch_add(1, Ordering::Relaxed)
 }

@@ -40,6 +40,10 @@ pub(crate) struct Shared {
     pub retained_bytes: AtomicU64,
     pub inflight_bytes: AtomicU64,
     pub poisoned: AtomicBool,
+    /// Set by a truncation that covers the whole active segment: the writer
+    /// starts a new segment before its next write, so the next truncation
+    /// can delete the old one (the active segment is never deleted).
+    pub rotate_requested: AtomicBool,
 }
 
 /// What recovery found and did when the log was opened.
@@ -215,6 +219,7 @@ impl Wal {
             retained_bytes: AtomicU64::new(retained),
             inflight_bytes: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
+            rotate_requested: AtomicBool::new(false),
         });
         let writer = Writer {
             shared: shared.clone(),
@@ -334,7 +339,9 @@ impl Wal {
 
     /// Deletes segments all of whose records are below `lsn` (the compactor
     /// calls this after committing everything below `lsn`). The active
-    /// segment is never deleted.
+    /// segment is never deleted; if all its records are below `lsn`, the
+    /// writer starts a new segment at its next write so that the next
+    /// truncation frees it.
     pub fn truncate_before(&self, lsn: Lsn) -> Result<TruncateOutcome, TruncateError> {
         let mut out = TruncateOutcome::default();
         let mut segs = self.shared.segments.lock().expect("segments lock");
@@ -349,6 +356,9 @@ impl Wal {
             out.bytes_removed += s.durable_len;
             self.shared.retained_bytes.fetch_sub(s.durable_len, Ordering::AcqRel);
             segs.remove(0);
+        }
+        if segs.last().and_then(|s| s.last_lsn).is_some_and(|l| l < lsn) {
+            self.shared.rotate_requested.store(true, Ordering::Release);
         }
         drop(segs);
         if out.segments_removed > 0 {

@@ -440,3 +440,23 @@ fn damaged_length_in_last_segment_does_not_reuse_lsns() {
     assert_eq!(read_all(&wal, Lsn::FIRST).len(), 3);
     assert!(append(&wal, payload(0, 1)) > Lsn::new(9));
 }
+
+/// Truncating past the whole active segment makes the writer start a new
+/// segment on its next write, so the following truncation frees the bytes
+/// (backpressure does not count compacted records for long).
+#[test]
+fn truncation_of_the_active_segment_frees_it_after_the_next_write() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(d.path(), WalOptions { segment_size_bytes: 1 << 20, ..small_opts() }).unwrap();
+    for i in 0..10 {
+        append(&wal, payload(i, 1000));
+    }
+    let full = wal.uncompacted_bytes();
+    assert_eq!(wal.truncate_before(Lsn::new(11)).unwrap().segments_removed, 0, "the active segment stays");
+    assert_eq!(wal.uncompacted_bytes(), full);
+    let lsn = append(&wal, payload(11, 10));
+    assert_eq!(segment_files(d.path()).len(), 2, "the write started a new segment");
+    assert_eq!(wal.truncate_before(Lsn::new(11)).unwrap().segments_removed, 1);
+    assert!(wal.uncompacted_bytes() < 200, "{}", wal.uncompacted_bytes());
+    assert_eq!(read_all(&wal, Lsn::new(11)), vec![(lsn, payload(11, 10).to_vec())]);
+}

@@ -77,6 +77,13 @@ impl Writer {
 
     fn commit(&mut self, batch: &mut Vec<Request>) {
         let seg_size = self.shared.opts.segment_size_bytes;
+        if self.shared.rotate_requested.swap(false, Ordering::AcqRel) && self.seg_records > 0 {
+            // Everything in the active segment is compacted: move on so the
+            // next truncation can delete it. On failure keep appending here.
+            if let Err(e) = self.rotate() {
+                tracing::warn!(path = %self.path.display(), error = %e, "could not start a new segment after truncation");
+            }
+        }
         let mut buf: Vec<u8> = Vec::with_capacity(batch.iter().map(|r| r.bytes as usize).sum());
         let mut chunk: Vec<(Request, LsnRange)> = Vec::new();
         let mut chunk_first = self.next_lsn;

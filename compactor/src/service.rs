@@ -205,10 +205,12 @@ impl AccountCompactor {
         for r in self.wal.read_from(from)? {
             let r = r?;
             bytes += r.payload.len() as u64;
-            match LogRecord::decode(r.kind.0, Bytes::from(r.payload.clone())) {
+            // Bytes clones share the buffer: no copy of the payload.
+            let payload = Bytes::from(r.payload);
+            match LogRecord::decode(r.kind.0, payload.clone()) {
                 Ok(rec) => records.push((r.lsn, rec)),
                 Err(e) => {
-                    self.quarantine(r.lsn, &r.payload, &e.to_string())?;
+                    self.quarantine(r.lsn, &payload, &e.to_string())?;
                     quarantined.push(r.lsn);
                 }
             }

@@ -20,8 +20,9 @@ run: build
 	DUCKPOND_HOME=$(DUCKPOND_HOME) .ci/first-run.sh $(BIN)
 	DUCKPOND_HOME=$(DUCKPOND_HOME) $(BIN) api serve
 
-## Set up everything (packages, PostgreSQL, extensions) and run the whole suite.
-test: services
+## Set up everything (packages, PostgreSQL, extensions) and run the whole suite
+## (formatting and clippy first: a warning fails the suite).
+test: services lint
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_POSTGRES_URL=$(TEST_POSTGRES_URL) DUCKPOND_TEST_PYTHON=$(TEST_PYTHON) \
 		cargo test --release --locked --workspace --all-targets --no-fail-fast
@@ -51,4 +52,4 @@ fmt:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --release --locked --workspace --all-targets -- -D warnings

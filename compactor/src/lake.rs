@@ -130,8 +130,8 @@ impl Extensions {
         let config = Config::default()
             .with("autoinstall_known_extensions", "false")
             .and_then(|c| c.with("autoload_known_extensions", "false"))
-            .and_then(|c| c.with("extension_directory", &self.dir.display().to_string()))
-            .and_then(|c| c.with("memory_limit", &format!("{}MB", settings.memory_limit_mb)))
+            .and_then(|c| c.with("extension_directory", self.dir.display().to_string()))
+            .and_then(|c| c.with("memory_limit", format!("{}MB", settings.memory_limit_mb)))
             .and_then(|c| c.threads(i64::from(settings.threads)))
             .map_err(LakeError::duckdb("configuring DuckDB"))?;
         let conn = Connection::open_in_memory_with_flags(config).map_err(LakeError::duckdb("opening DuckDB"))?;

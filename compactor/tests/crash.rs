@@ -72,7 +72,7 @@ fn sigkill_during_ingest_flush_and_maintenance_is_exactly_once() {
         }
     }
     for ((w, s), (count_table, count, distinct)) in &seen {
-        let expected_rows = 1 + (*s as i64 * 7) % 50;
+        let expected_rows = 1 + (*s * 7) % 50;
         assert_eq!(
             *count, expected_rows,
             "append ({w},{s}) in {count_table}: {count} rows, expected {expected_rows} (duplicated or partial)"

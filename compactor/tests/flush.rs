@@ -106,7 +106,7 @@ fn schema_evolution_adds_nullable_columns() {
     )
     .unwrap();
     let t = TableName::parse("evolving").unwrap();
-    rt.block_on(c.append(&[LogRecord::Rows { table: t.clone(), ipc: ipc_stream(&[a.clone()]) }])).unwrap();
+    rt.block_on(c.append(&[LogRecord::Rows { table: t.clone(), ipc: ipc_stream(std::slice::from_ref(&a)) }])).unwrap();
     rt.block_on(c.append(&[LogRecord::Rows { table: t.clone(), ipc: ipc_stream(&[b]) }])).unwrap();
     rt.block_on(c.append(&[LogRecord::Rows { table: t, ipc: ipc_stream(&[a]) }])).unwrap();
     c.flush_blocking().unwrap();

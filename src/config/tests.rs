@@ -1,3 +1,6 @@
+// figment's Jail closures return its large error type; fine in tests.
+#![allow(clippy::result_large_err)]
+
 use super::*;
 use figment::Jail;
 

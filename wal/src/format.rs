@@ -63,6 +63,13 @@ pub fn decode_segment_header(b: &[u8]) -> Result<Lsn, HeaderProblem> {
 
 /// Appends one frame to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, kind: RecordKind, payload: &[u8]) {
+    encode_frame_header(out, lsn, kind, payload);
+    out.extend_from_slice(payload);
+}
+
+/// Appends only the 24-byte header of `payload`'s frame to `out` (its CRC
+/// covers the payload), so the payload can be written from where it is.
+pub fn encode_frame_header(out: &mut Vec<u8>, lsn: Lsn, kind: RecordKind, payload: &[u8]) {
     let len = u32::try_from(payload.len()).expect("payload length checked against max_record_bytes");
     let start = out.len();
     out.extend_from_slice(&[0u8; 4]); // crc, filled below
@@ -71,8 +78,7 @@ pub fn encode_frame(out: &mut Vec<u8>, lsn: Lsn, kind: RecordKind, payload: &[u8
     out.extend_from_slice(&kind.0.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[start + 4..]);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + 4..]), payload);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 

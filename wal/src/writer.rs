@@ -10,7 +10,8 @@
 //! where recovery cuts the unacknowledged tail.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{IoSlice, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,6 +21,10 @@ use bytes::Bytes;
 use crossbeam_channel::Receiver;
 
 use crate::format::{self, RecordKind, SEGMENT_HEADER_BYTES};
+
+/// Payloads at least this large are written from their own buffer (one
+/// iovec each) instead of being copied into the batch buffer.
+const VECTORED_PAYLOAD_MIN_BYTES: usize = 64 * 1024;
 use crate::log::{SegmentInfo, Shared};
 use crate::segment;
 use crate::telemetry as m;
@@ -84,7 +89,7 @@ impl Writer {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not start a new segment after truncation");
             }
         }
-        let mut buf: Vec<u8> = Vec::with_capacity(batch.iter().map(|r| r.bytes as usize).sum());
+        let mut buf = Frames::default();
         let mut chunk: Vec<(Request, LsnRange)> = Vec::new();
         let mut chunk_first = self.next_lsn;
         for req in batch.drain(..) {
@@ -93,7 +98,7 @@ impl Writer {
                 let _ = req.reply.send(Err(AppendError::Poisoned(self.path.clone())));
                 continue;
             }
-            let used = self.offset + buf.len() as u64;
+            let used = self.offset + buf.len();
             if used + req.bytes > seg_size && (self.seg_records > 0 || !buf.is_empty()) {
                 self.finish_chunk(&mut buf, &mut chunk, chunk_first);
                 if let Err(e) = self.rotate() {
@@ -105,7 +110,7 @@ impl Writer {
             }
             let first = self.next_lsn;
             for (kind, payload) in &req.records {
-                format::encode_frame(&mut buf, self.next_lsn, *kind, payload);
+                buf.push(self.next_lsn, *kind, payload);
                 self.next_lsn = self.next_lsn.next();
             }
             let last = Lsn::new(self.next_lsn.get() - 1);
@@ -115,7 +120,7 @@ impl Writer {
     }
 
     /// Writes and syncs `buf`, then answers the appenders in `chunk`.
-    fn finish_chunk(&mut self, buf: &mut Vec<u8>, chunk: &mut Vec<(Request, LsnRange)>, chunk_first: Lsn) {
+    fn finish_chunk(&mut self, buf: &mut Frames, chunk: &mut Vec<(Request, LsnRange)>, chunk_first: Lsn) {
         if chunk.is_empty() {
             return;
         }
@@ -124,7 +129,7 @@ impl Writer {
             Ok(()) => {
                 self.seg_records += records;
                 let last = Lsn::new(self.next_lsn.get() - 1);
-                self.publish(last, buf.len() as u64, records);
+                self.publish(last, buf.len(), records);
                 for (req, range) in chunk.drain(..) {
                     let _ = req.reply.send(Ok(range));
                 }
@@ -140,9 +145,9 @@ impl Writer {
         buf.clear();
     }
 
-    fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), AppendError> {
+    fn write_and_sync(&mut self, buf: &mut Frames) -> Result<(), AppendError> {
         let start = self.offset;
-        if let Err(e) = self.file.write_all_at(buf, start) {
+        if let Err(e) = buf.write_at(&mut self.file, start) {
             // Cut back whatever part was written so the tail stays clean.
             let _ = self.file.set_len(start);
             return Err(self.io_error("writing", e));
@@ -161,7 +166,7 @@ impl Writer {
             }
             metrics::counter!(m::FSYNCS_TOTAL, "log" => self.shared.opts.metrics_label.clone()).increment(1);
         }
-        self.offset = start + buf.len() as u64;
+        self.offset = start + buf.len();
         Ok(())
     }
 
@@ -222,5 +227,81 @@ fn clone_err(e: &AppendError) -> AppendError {
         }
         AppendError::Poisoned(p) => AppendError::Poisoned(p.clone()),
         _ => AppendError::Closed,
+    }
+}
+
+/// The frames of one write: headers and small payloads copied into one
+/// buffer, large payloads referenced where they are, written with writev.
+#[derive(Default)]
+struct Frames {
+    inline: Vec<u8>,
+    parts: Vec<Part>,
+    /// Start of the inline run not yet closed into a part.
+    open_from: usize,
+    len: u64,
+}
+
+enum Part {
+    Inline(Range<usize>),
+    Payload(Bytes),
+}
+
+impl Frames {
+    fn push(&mut self, lsn: Lsn, kind: RecordKind, payload: &Bytes) {
+        format::encode_frame_header(&mut self.inline, lsn, kind, payload);
+        if payload.len() >= VECTORED_PAYLOAD_MIN_BYTES {
+            self.close_run();
+            self.parts.push(Part::Payload(payload.clone()));
+        } else {
+            self.inline.extend_from_slice(payload);
+        }
+        self.len += format::frame_len(payload.len()) as u64;
+    }
+
+    fn close_run(&mut self) {
+        if self.open_from < self.inline.len() {
+            self.parts.push(Part::Inline(self.open_from..self.inline.len()));
+            self.open_from = self.inline.len();
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.inline.clear();
+        self.parts.clear();
+        self.open_from = 0;
+        self.len = 0;
+    }
+
+    /// Writes every frame at `offset` with as few writev calls as the
+    /// kernel allows.
+    fn write_at(&mut self, file: &mut File, offset: u64) -> std::io::Result<()> {
+        self.close_run();
+        let mut slices: Vec<IoSlice<'_>> = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Inline(r) => IoSlice::new(&self.inline[r.clone()]),
+                Part::Payload(b) => IoSlice::new(b),
+            })
+            .collect();
+        file.seek(SeekFrom::Start(offset))?;
+        let mut rest: &mut [IoSlice<'_>] = &mut slices;
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "writev wrote nothing")),
+                Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }

@@ -2,12 +2,13 @@
 //!
 //! Appenders queue requests on a bounded channel and park on a oneshot. The
 //! writer takes everything queued (up to `max_batch_bytes`), assigns LSNs,
-//! encodes the frames into one buffer, writes it with one pwrite and makes it
-//! durable with one fdatasync, and only then answers every appender in the
-//! batch. A failed write or sync is undone (the file is cut back to where the
-//! batch began) and reported to exactly the appenders of that batch, so the
-//! log never holds a record nobody was told about... except after a crash,
-//! where recovery cuts the unacknowledged tail.
+//! encodes the frames (large payloads stay in their own buffers), writes them
+//! with one vectored write, makes them durable with one fdatasync, and only
+//! then answers every appender in the batch. A failed write or sync is undone
+//! (the file is cut back to where the batch began) and reported to exactly
+//! the appenders of that batch, so the log never keeps a record whose
+//! appender was told it failed. After a crash, recovery cuts the
+//! unacknowledged tail.
 
 use std::fs::File;
 use std::io::{IoSlice, Seek, SeekFrom, Write};

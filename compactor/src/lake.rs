@@ -66,7 +66,8 @@ pub enum LakeError {
 }
 
 impl LakeError {
-    fn duckdb(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Self {
+    /// Maps a DuckDB error to this error with what was being done.
+    pub(crate) fn duckdb(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Self {
         let context = context.into();
         move |source| LakeError::DuckDb { context, error: source }
     }

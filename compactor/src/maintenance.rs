@@ -24,20 +24,18 @@ pub struct MaintenanceOutcome {
     pub data_files: Vec<(String, i64)>,
 }
 
-fn db(context: &'static str) -> impl FnOnce(duckdb::Error) -> LakeError {
-    move |source| LakeError::DuckDb { context: context.to_string(), error: source }
-}
-
 /// Runs merge, expire and cleanup on the writer's lake.
 pub fn run(writer: &LakeWriter, retention: Duration, label: &str) -> Result<MaintenanceOutcome, LakeError> {
     let conn = writer.connection();
-    let count = |sql: &str| -> Result<i64, LakeError> { conn.query_row(sql, [], |r| r.get(0)).map_err(db("counting")) };
+    let count = |sql: &str| -> Result<i64, LakeError> {
+        conn.query_row(sql, [], |r| r.get(0)).map_err(LakeError::duckdb("counting"))
+    };
     let snapshots_sql = format!("SELECT count(*) FROM {LAKE_ALIAS}.snapshots()");
     let files_sql = format!("SELECT coalesce(sum(file_count), 0)::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}')");
     let (snapshots_before, files_before) = (count(&snapshots_sql)?, count(&files_sql)?);
 
     conn.execute_batch(&format!("CALL ducklake_merge_adjacent_files('{LAKE_ALIAS}')"))
-        .map_err(db("merging adjacent files"))?;
+        .map_err(LakeError::duckdb("merging adjacent files"))?;
 
     // Expire by id, not by time: exactly the snapshots older than the
     // retention window and older than the newest snapshot carrying the
@@ -52,26 +50,28 @@ pub fn run(writer: &LakeWriter, retention: Duration, label: &str) -> Result<Main
                      WHERE json_extract_string(commit_extra_info, '$.{LSN_KEY}') IS NOT NULL) \
                  ORDER BY snapshot_id"
             ))
-            .map_err(db("choosing snapshots to expire"))?;
-        let rows = st.query_map([cutoff_us], |r| r.get::<_, i64>(0)).map_err(db("choosing snapshots to expire"))?;
-        rows.collect::<Result<_, _>>().map_err(db("choosing snapshots to expire"))?
+            .map_err(LakeError::duckdb("choosing snapshots to expire"))?;
+        let rows = st
+            .query_map([cutoff_us], |r| r.get::<_, i64>(0))
+            .map_err(LakeError::duckdb("choosing snapshots to expire"))?;
+        rows.collect::<Result<_, _>>().map_err(LakeError::duckdb("choosing snapshots to expire"))?
     };
     if !ids.is_empty() {
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
         conn.execute_batch(&format!("CALL ducklake_expire_snapshots('{LAKE_ALIAS}', versions => [{list}])"))
-            .map_err(db("expiring snapshots"))?;
+            .map_err(LakeError::duckdb("expiring snapshots"))?;
     }
     conn.execute_batch(&format!("CALL ducklake_cleanup_old_files('{LAKE_ALIAS}', cleanup_all => true)"))
-        .map_err(db("deleting unreferenced files"))?;
+        .map_err(LakeError::duckdb("deleting unreferenced files"))?;
 
     let mut st = conn
         .prepare(&format!("SELECT table_name, file_count::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}') ORDER BY 1"))
-        .map_err(db("listing data files"))?;
+        .map_err(LakeError::duckdb("listing data files"))?;
     let data_files = st
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(db("listing data files"))?
+        .map_err(LakeError::duckdb("listing data files"))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(db("listing data files"))?;
+        .map_err(LakeError::duckdb("listing data files"))?;
     for (table, files) in &data_files {
         metrics::gauge!(m::DATA_FILES, "account" => label.to_string(), "table" => table.clone()).set(*files as f64);
     }

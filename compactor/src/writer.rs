@@ -78,10 +78,6 @@ pub struct LakeWriter {
     scratch_dir: PathBuf,
 }
 
-fn db(context: &str) -> impl FnOnce(duckdb::Error) -> LakeError + '_ {
-    move |source| LakeError::DuckDb { context: context.to_string(), error: source }
-}
-
 impl LakeWriter {
     /// Opens the writer. `scratch_dir` holds temporary Parquet files (inside
     /// the account's directory, so they count against its storage).
@@ -100,7 +96,7 @@ impl LakeWriter {
         // flush bugs (ducklake #650, #1368) and catalog bloat (#572).
         let attach = location.attach_sql(LAKE_ALIAS, false);
         let attach = format!("{}, DATA_INLINING_ROW_LIMIT 0)", attach.trim_end_matches(')'));
-        conn.execute_batch(&attach).map_err(db("attaching the account's DuckLake"))?;
+        conn.execute_batch(&attach).map_err(LakeError::duckdb("attaching the account's DuckLake"))?;
         Ok(Self { conn, scratch_dir: scratch_dir.to_path_buf() })
     }
 
@@ -115,7 +111,8 @@ impl LakeWriter {
             "SELECT coalesce(max(TRY_CAST(json_extract_string(commit_extra_info, '$.{LSN_KEY}') AS UBIGINT)), 0) \
              FROM {LAKE_ALIAS}.snapshots()"
         );
-        let v: u64 = self.conn.query_row(&sql, [], |r| r.get(0)).map_err(db("reading the committed LSN"))?;
+        let v: u64 =
+            self.conn.query_row(&sql, [], |r| r.get(0)).map_err(LakeError::duckdb("reading the committed LSN"))?;
         Ok(Lsn::new(v))
     }
 
@@ -125,13 +122,13 @@ impl LakeWriter {
     pub fn apply(&mut self, records: &[(Lsn, LogRecord)], upto: Lsn) -> Result<FlushOutcome, ApplyError> {
         let Some(last) = records.last().map(|r| r.0) else { return Ok(FlushOutcome::default()) };
         let last = last.max(upto);
-        self.conn.execute_batch("BEGIN TRANSACTION").map_err(db("beginning a flush"))?;
+        self.conn.execute_batch("BEGIN TRANSACTION").map_err(LakeError::duckdb("beginning a flush"))?;
         let mut scratch = Vec::new();
         let res = self.apply_in_tx(records, last, &mut scratch);
         let res = match res {
             Ok(outcome) => match self.conn.execute_batch("COMMIT") {
                 Ok(()) => Ok(outcome),
-                Err(e) => Err(ApplyError::Lake(db("committing a flush")(e))),
+                Err(e) => Err(ApplyError::Lake(LakeError::duckdb("committing a flush")(e))),
             },
             Err(e) => Err(e),
         };
@@ -145,7 +142,7 @@ impl LakeWriter {
         outcome.snapshot_id = Some(
             self.conn
                 .query_row(&format!("SELECT id FROM {LAKE_ALIAS}.current_snapshot()"), [], |r| r.get(0))
-                .map_err(db("reading the new snapshot id"))?,
+                .map_err(LakeError::duckdb("reading the new snapshot id"))?,
         );
         Ok(outcome)
     }
@@ -196,7 +193,7 @@ impl LakeWriter {
                 sql_string(&message),
                 sql_string(&info)
             ))
-            .map_err(db("recording the committed LSN"))?;
+            .map_err(LakeError::duckdb("recording the committed LSN"))?;
         Ok(outcome)
     }
 
@@ -230,15 +227,17 @@ impl LakeWriter {
                 [LAKE_ALIAS, table.as_str()],
                 |r| r.get(0),
             )
-            .map_err(db("looking up a table"))?;
+            .map_err(LakeError::duckdb("looking up a table"))?;
         Ok(n > 0)
     }
 
     fn columns(&self, sql_from: &str) -> Result<Vec<(String, String)>, LakeError> {
-        let mut st = self.conn.prepare(&format!("DESCRIBE {sql_from}")).map_err(db("describing columns"))?;
-        let rows =
-            st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(db("describing"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(db("describing columns"))
+        let mut st =
+            self.conn.prepare(&format!("DESCRIBE {sql_from}")).map_err(LakeError::duckdb("describing columns"))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(LakeError::duckdb("describing"))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(LakeError::duckdb("describing columns"))
     }
 
     fn insert_parquet(&self, table: &TableName, file: &Path) -> Result<(), LakeError> {
@@ -247,7 +246,7 @@ impl LakeWriter {
         if !self.table_exists(table)? {
             self.conn
                 .execute_batch(&format!("CREATE TABLE {target} AS SELECT * FROM {source}"))
-                .map_err(db("creating a table from its first rows"))?;
+                .map_err(LakeError::duckdb("creating a table from its first rows"))?;
             return Ok(());
         }
         // Schema evolution: new columns are added (nullable); existing ones
@@ -258,24 +257,27 @@ impl LakeWriter {
                 let col = format!("\"{}\"", name.replace('"', "\"\""));
                 self.conn
                     .execute_batch(&format!("ALTER TABLE {target} ADD COLUMN {col} {ty}"))
-                    .map_err(db("adding a column"))?;
+                    .map_err(LakeError::duckdb("adding a column"))?;
             }
         }
         self.conn
             .execute_batch(&format!("INSERT INTO {target} BY NAME SELECT * FROM {source}"))
-            .map_err(db("inserting rows"))?;
+            .map_err(LakeError::duckdb("inserting rows"))?;
         Ok(())
     }
 
     fn apply_command(&self, c: &DatasetCommand) -> Result<(), LakeError> {
         let target = format!("{LAKE_ALIAS}.main.{}", c.table().quoted());
         match c {
-            DatasetCommand::Drop { .. } => {
-                self.conn.execute_batch(&format!("DROP TABLE IF EXISTS {target}")).map_err(db("dropping a table"))
-            }
+            DatasetCommand::Drop { .. } => self
+                .conn
+                .execute_batch(&format!("DROP TABLE IF EXISTS {target}"))
+                .map_err(LakeError::duckdb("dropping a table")),
             DatasetCommand::Truncate { table } => {
                 if self.table_exists(table)? {
-                    self.conn.execute_batch(&format!("DELETE FROM {target}")).map_err(db("emptying a table"))?;
+                    self.conn
+                        .execute_batch(&format!("DELETE FROM {target}"))
+                        .map_err(LakeError::duckdb("emptying a table"))?;
                 }
                 Ok(())
             }
@@ -295,7 +297,7 @@ impl LakeWriter {
                     sql_string(&file.display().to_string())
                 ));
                 let _ = std::fs::remove_file(&file);
-                res.map_err(db("creating a table"))
+                res.map_err(LakeError::duckdb("creating a table"))
             }
         }
     }

@@ -43,7 +43,12 @@ fn batch(cols: usize, rows: usize, base: i64) -> RecordBatch {
 fn open(ext: &Extensions, dir: &Path, opts: CompactorOptions) -> (Arc<AccountCompactor>, CatalogLocation) {
     let loc = CatalogLocation::sqlite(dir.join("catalog.sqlite"), dir.join("data"));
     loc.create(ext, &SETTINGS).unwrap();
-    let opts = CompactorOptions { scratch_dir: dir.join("staging"), quarantine_dir: dir.join("q"), ..opts };
+    let opts = CompactorOptions {
+        scratch_dir: dir.join("scratch"),
+        staged_dir: dir.join("staged"),
+        quarantine_dir: dir.join("q"),
+        ..opts
+    };
     let wal = WalOptions {
         max_uncompacted_bytes: 16 << 30,
         max_inflight_bytes: 4 << 30,

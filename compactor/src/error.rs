@@ -23,6 +23,12 @@ pub enum CompactorError {
     /// Quarantining an unusable record failed.
     #[error("quarantining a record: {0}")]
     Quarantine(std::io::Error),
+    /// The write does not fit the table (checked before logging).
+    #[error(transparent)]
+    Schema(#[from] crate::tables::SchemaConflict),
+    /// A record to append is malformed (e.g. not an Arrow IPC stream).
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
     /// Waiting for a commit timed out.
     #[error("not committed within {timeout_ms} ms (the compactor is behind or failing)")]
     CommitTimeout {

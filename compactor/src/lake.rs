@@ -67,7 +67,7 @@ pub enum LakeError {
 
 impl LakeError {
     /// Maps a DuckDB error to this error with what was being done.
-    pub(crate) fn duckdb(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Self {
+    pub fn duckdb(context: impl Into<String>) -> impl FnOnce(duckdb::Error) -> Self {
         let context = context.into();
         move |source| LakeError::DuckDb { context, error: source }
     }

@@ -8,6 +8,8 @@
 //! - [`AccountCompactor`]: one account's log + writer, `append`,
 //!   `wait_committed`, `flush_blocking`, `maintain_blocking`, and the flush
 //!   loop `run` (interval, size threshold, wake-ups, shutdown, backoff).
+//! - [`tables`]: each table's schema once the log is applied, checked on
+//!   every append so a write that cannot apply never reaches the log.
 //! - [`maintenance`]: merge small files, expire snapshots past retention,
 //!   delete unreferenced files.
 #![deny(missing_docs)]
@@ -16,6 +18,7 @@ mod error;
 pub mod lake;
 pub mod maintenance;
 mod service;
+pub mod tables;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
@@ -25,4 +28,5 @@ pub use error::CompactorError;
 pub use lake::{CatalogLocation, CatalogMetadata, Extensions, InstanceSettings, LakeError};
 pub use maintenance::MaintenanceOutcome;
 pub use service::{AccountCompactor, Committed, CompactorOptions};
+pub use tables::SchemaConflict;
 pub use writer::{FlushOutcome, LakeWriter, COMMIT_AUTHOR, LAKE_ALIAS, LSN_KEY};

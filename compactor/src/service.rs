@@ -11,14 +11,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use duckpond_schema::LogRecord;
+use duckpond_schema::{DatasetCommand, LogRecord, StagedFile, TableName};
 use duckpond_wal::{Lsn, LsnRange, RecordKind, RecoveryReport, Wal, WalOptions};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::error::CompactorError;
 use crate::lake::{CatalogLocation, Extensions, InstanceSettings};
 use crate::maintenance::{self, MaintenanceOutcome};
+use crate::tables::{SchemaEffect, TableSchemas};
 use crate::telemetry as m;
 use crate::writer::{ApplyError, FlushOutcome, LakeWriter};
 
@@ -43,6 +45,9 @@ pub struct CompactorOptions {
     pub quarantine_dir: PathBuf,
     /// Temporary Parquet files of a flush.
     pub scratch_dir: PathBuf,
+    /// Uploads converted to Parquet, named by staged-file records; each is
+    /// deleted once the snapshot holding it is committed.
+    pub staged_dir: PathBuf,
     /// Label of this account's metrics.
     pub metrics_label: String,
 }
@@ -59,6 +64,7 @@ impl Default for CompactorOptions {
             snapshot_retention_ms: 7 * 24 * 3_600_000,
             quarantine_dir: PathBuf::from("quarantine"),
             scratch_dir: PathBuf::from("scratch"),
+            staged_dir: PathBuf::from("staged"),
             metrics_label: String::new(),
         }
     }
@@ -82,6 +88,9 @@ pub struct AccountCompactor {
     opts: CompactorOptions,
     /// When the oldest record not yet committed was appended.
     oldest_pending: Mutex<Option<Instant>>,
+    /// Each table's schema once the log is applied; appends are checked
+    /// against it.
+    schemas: Mutex<TableSchemas>,
 }
 
 impl std::fmt::Debug for AccountCompactor {
@@ -101,12 +110,13 @@ impl AccountCompactor {
         wal_opts: WalOptions,
         opts: CompactorOptions,
     ) -> Result<(Self, RecoveryReport), CompactorError> {
-        let writer = LakeWriter::open(extensions, settings, location, &opts.scratch_dir)?;
+        let writer = LakeWriter::open(extensions, settings, location, &opts.scratch_dir, &opts.staged_dir)?;
         let lsn = writer.committed_lsn()?;
         let (wal, report) = Wal::open(wal_dir, WalOptions { min_next_lsn: lsn.get() + 1, ..wal_opts })?;
         // A crash between a commit and its truncation leaves committed
         // segments behind: drop them now.
         let _ = wal.truncate_before(lsn.next());
+        let schemas = replay(&wal, lsn, &writer, &opts)?;
         let (committed, _) = watch::channel(Committed { lsn, snapshot_id: None });
         let pending = wal.durable_lsn().filter(|d| *d > lsn).map(|_| Instant::now());
         m::describe();
@@ -118,13 +128,19 @@ impl AccountCompactor {
                 wake: Notify::new(),
                 opts,
                 oldest_pending: Mutex::new(pending),
+                schemas: Mutex::new(schemas),
             },
             report,
         ))
     }
 
-    /// Appends records durably (one WAL append, all or nothing).
+    /// Appends records durably (one WAL append, all or nothing), after
+    /// checking them against the tables' schemas: a write that could not
+    /// apply is refused here ([`CompactorError::Schema`]) and never logged.
     pub async fn append(&self, records: &[LogRecord]) -> Result<LsnRange, CompactorError> {
+        let effects =
+            records.iter().map(|r| effect_of(r, &self.opts.staged_dir)).collect::<Result<Vec<_>, CompactorError>>()?;
+        self.schemas.lock().expect("schemas lock").apply_all(&effects)?;
         let batch: Vec<(RecordKind, Bytes)> = records
             .iter()
             .map(|r| {
@@ -138,6 +154,18 @@ impl AccountCompactor {
             self.wake.notify_one();
         }
         Ok(range)
+    }
+
+    /// The schema `table` will have once the log is applied (None if it
+    /// does not exist).
+    pub fn table_schema(&self, table: &TableName) -> Option<SchemaRef> {
+        self.schemas.lock().expect("schemas lock").get(table)
+    }
+
+    /// Whether rows with `schema` would be accepted into `table` now
+    /// (nothing is recorded).
+    pub fn check_rows(&self, table: &TableName, schema: SchemaRef) -> Result<(), crate::SchemaConflict> {
+        self.schemas.lock().expect("schemas lock").check(&[SchemaEffect::Rows(table.clone(), schema)])
     }
 
     /// The log (for its metrics and limits).
@@ -233,6 +261,13 @@ impl AccountCompactor {
                 Ok(mut outcome) => {
                     outcome.quarantined = quarantined;
                     self.advance(Committed { lsn: outcome.lsn, snapshot_id: outcome.snapshot_id });
+                    // Committed: the lake owns the rows now. A crash before
+                    // this line leaves files that the next open sweeps.
+                    for (_, r) in &records {
+                        if let LogRecord::StagedFile(f) = r {
+                            let _ = std::fs::remove_file(self.opts.staged_dir.join(f.file.as_str()));
+                        }
+                    }
                     let label = self.opts.metrics_label.clone();
                     metrics::histogram!(m::FLUSH_DURATION_SECONDS, "account" => label.clone())
                         .record(start.elapsed().as_secs_f64());
@@ -246,6 +281,10 @@ impl AccountCompactor {
                     let (lsn, rec) = records.remove(idx);
                     let (_, payload) = rec.encode();
                     self.quarantine(lsn, &payload, &bad.reason)?;
+                    if let LogRecord::StagedFile(f) = &rec {
+                        let from = self.opts.staged_dir.join(f.file.as_str());
+                        let _ = std::fs::rename(&from, self.opts.quarantine_dir.join(f.file.as_str()));
+                    }
                     quarantined.push(lsn);
                 }
                 Err(ApplyError::Lake(e)) => return Err(e.into()),
@@ -341,4 +380,67 @@ impl AccountCompactor {
             }
         }
     }
+}
+
+/// What a record will do to the tables' schemas.
+fn effect_of(r: &LogRecord, staged_dir: &std::path::Path) -> Result<SchemaEffect, CompactorError> {
+    let bad = |why: String| CompactorError::InvalidRecord(why);
+    Ok(match r {
+        LogRecord::Rows { table, ipc } => SchemaEffect::Rows(table.clone(), ipc_schema(ipc).map_err(bad)?),
+        LogRecord::StagedFile(StagedFile { table, file, .. }) => {
+            let path = staged_dir.join(file.as_str());
+            SchemaEffect::Rows(table.clone(), parquet_schema(&path).map_err(bad)?)
+        }
+        LogRecord::Command(c @ DatasetCommand::Create { schema_ipc, .. }) => {
+            SchemaEffect::of_command(c, Some(ipc_schema(schema_ipc).map_err(bad)?))
+        }
+        LogRecord::Command(c) => SchemaEffect::of_command(c, None),
+    })
+}
+
+fn ipc_schema(ipc: &[u8]) -> Result<SchemaRef, String> {
+    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+        .map(|r| r.schema())
+        .map_err(|e| format!("not an Arrow IPC stream: {e}"))
+}
+
+fn parquet_schema(path: &std::path::Path) -> Result<SchemaRef, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map(|b| b.schema().clone())
+        .map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+/// Rebuilds the schemas from the lake plus the records still in the log,
+/// and deletes staged files that no record above the committed LSN names
+/// (committed ones whose deletion a crash interrupted, or uploads that never
+/// reached the log).
+fn replay(
+    wal: &Wal,
+    committed: Lsn,
+    writer: &LakeWriter,
+    opts: &CompactorOptions,
+) -> Result<TableSchemas, CompactorError> {
+    let mut schemas = TableSchemas::new(writer.table_schemas()?);
+    let mut referenced = std::collections::HashSet::new();
+    for r in wal.read_from(committed.next())? {
+        let r = r?;
+        let Ok(rec) = LogRecord::decode(r.kind.0, Bytes::from(r.payload)) else { continue };
+        if let LogRecord::StagedFile(f) = &rec {
+            referenced.insert(f.file.as_str().to_string());
+        }
+        if let Ok(effect) = effect_of(&rec, &opts.staged_dir) {
+            schemas.replay(&effect);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&opts.staged_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !referenced.contains(&name) {
+                tracing::info!(account = %opts.metrics_label, file = %name, "removing unreferenced staged file");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(schemas)
 }

@@ -76,28 +76,56 @@ impl From<LakeError> for ApplyError {
 pub struct LakeWriter {
     conn: Connection,
     scratch_dir: PathBuf,
+    staged_dir: PathBuf,
 }
 
 impl LakeWriter {
     /// Opens the writer. `scratch_dir` holds temporary Parquet files (inside
-    /// the account's directory, so they count against its storage).
+    /// the account's directory, so they count against its storage);
+    /// `staged_dir` holds the uploads that staged-file records name.
     pub fn open(
         extensions: &Extensions,
         settings: &InstanceSettings,
         location: &CatalogLocation,
         scratch_dir: &Path,
+        staged_dir: &Path,
     ) -> Result<Self, LakeError> {
-        std::fs::create_dir_all(scratch_dir).map_err(|source| LakeError::Io {
-            context: format!("creating {}", scratch_dir.display()),
-            error: source,
-        })?;
+        for dir in [scratch_dir, staged_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| LakeError::Io { context: format!("creating {}", dir.display()), error: source })?;
+        }
         let conn = extensions.open_instance(settings)?;
         // Inlining off: every flush writes Parquet, avoiding inlined-data
         // flush bugs (ducklake #650, #1368) and catalog bloat (#572).
         let attach = location.attach_sql(LAKE_ALIAS, false);
         let attach = format!("{}, DATA_INLINING_ROW_LIMIT 0)", attach.trim_end_matches(')'));
         conn.execute_batch(&attach).map_err(LakeError::duckdb("attaching the account's DuckLake"))?;
-        Ok(Self { conn, scratch_dir: scratch_dir.to_path_buf() })
+        Ok(Self { conn, scratch_dir: scratch_dir.to_path_buf(), staged_dir: staged_dir.to_path_buf() })
+    }
+
+    /// Every table of the lake with its schema as Arrow sees it.
+    pub fn table_schemas(&self) -> Result<Vec<(TableName, SchemaRef)>, LakeError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main'")
+            .map_err(LakeError::duckdb("listing tables"))?;
+        let names: Vec<String> = st
+            .query_map([LAKE_ALIAS], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(LakeError::duckdb("listing tables"))?;
+        let mut out = Vec::new();
+        for name in names {
+            // Tables the lake has but our rules would not name (created by
+            // hand through a notebook, say) are not ours to write to.
+            let Ok(table) = TableName::parse(&name) else { continue };
+            let mut st = self
+                .conn
+                .prepare(&format!("SELECT * FROM {LAKE_ALIAS}.main.{} LIMIT 0", table.quoted()))
+                .map_err(LakeError::duckdb("reading a table's schema"))?;
+            let schema = st.query_arrow([]).map_err(LakeError::duckdb("reading a table's schema"))?.get_schema();
+            out.push((table, schema));
+        }
+        Ok(out)
     }
 
     /// The connection (for maintenance and tests).
@@ -171,6 +199,23 @@ impl LakeWriter {
                         Some(g) if g.schema == schema => g.batches.extend(batches),
                         _ => groups.push(Group { first_lsn: *lsn, schema, batches }),
                     }
+                }
+                LogRecord::StagedFile(f) => {
+                    // A barrier for its table like a command: rows of the
+                    // table logged before it go in first.
+                    if let Some(groups) = pending.remove(&f.table) {
+                        outcome.rows += self.insert_groups(&f.table, groups, scratch)?;
+                    }
+                    let path = self.staged_dir.join(f.file.as_str());
+                    if !path.exists() {
+                        return Err(ApplyError::BadRecord(BadRecord {
+                            lsn: *lsn,
+                            reason: format!("staged file {} is missing", path.display()),
+                        }));
+                    }
+                    self.insert_parquet(&f.table, &path).map_err(|e| classify(*lsn, e))?;
+                    outcome.rows += f.rows;
+                    outcome.bytes += f.bytes;
                 }
                 LogRecord::Command(c) => {
                     if let Some(groups) = pending.remove(c.table()) {

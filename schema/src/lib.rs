@@ -11,6 +11,7 @@
 //! | kind | record | payload |
 //! |---|---|---|
 //! | 1 | [`LogRecord::Rows`] | `u16` name length, table name (UTF-8), Arrow IPC *stream* bytes (schema + batches) |
+//! | 2 | [`LogRecord::StagedFile`] | JSON of [`StagedFile`] |
 //! | 3 | [`LogRecord::Command`] | JSON of [`DatasetCommand`] |
 //!
 //! Kinds are never reused; a decoder meeting an unknown kind fails loudly
@@ -29,6 +30,8 @@ pub const RESERVED_PREFIX: &str = "__duckpond";
 
 /// Kind of [`LogRecord::Rows`].
 pub const KIND_ROWS: u16 = 1;
+/// Kind of [`LogRecord::StagedFile`].
+pub const KIND_STAGED_FILE: u16 = 2;
 /// Kind of [`LogRecord::Command`].
 pub const KIND_COMMAND: u16 = 3;
 
@@ -172,6 +175,63 @@ mod hex_bytes {
     }
 }
 
+/// A Parquet file converted from an upload, fsynced in the account's staged
+/// directory before this record was appended. The compactor inserts it and
+/// deletes it once the snapshot holding it is committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedFile {
+    /// The table it goes to.
+    pub table: TableName,
+    /// Its file name inside the staged directory (never a path: the log
+    /// cannot point anywhere else).
+    pub file: StagedFileName,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size of the file.
+    pub bytes: u64,
+}
+
+/// The name of a staged Parquet file: `<32 hex digits>.parquet`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct StagedFileName(String);
+
+impl StagedFileName {
+    /// A fresh name from 128 random bits given as hex.
+    pub fn from_hex_id(hex_id: &str) -> Result<Self, SchemaError> {
+        Self::parse(&format!("{hex_id}.parquet"))
+    }
+
+    /// Validates a name.
+    pub fn parse(name: &str) -> Result<Self, SchemaError> {
+        let ok =
+            name.strip_suffix(".parquet").is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+        if ok {
+            Ok(Self(name.to_string()))
+        } else {
+            Err(SchemaError::Undecodable { kind: KIND_STAGED_FILE, why: format!("bad staged file name {name:?}") })
+        }
+    }
+
+    /// The file name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for StagedFileName {
+    type Error = SchemaError;
+    fn try_from(s: String) -> Result<Self, SchemaError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<StagedFileName> for String {
+    fn from(n: StagedFileName) -> String {
+        n.0
+    }
+}
+
 /// A decoded log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogRecord {
@@ -182,6 +242,8 @@ pub enum LogRecord {
         /// Arrow IPC stream bytes: a schema message and record batches.
         ipc: Bytes,
     },
+    /// A staged Parquet file to insert into a table.
+    StagedFile(StagedFile),
     /// A dataset command.
     Command(DatasetCommand),
 }
@@ -191,6 +253,7 @@ impl LogRecord {
     pub fn table(&self) -> &TableName {
         match self {
             LogRecord::Rows { table, .. } => table,
+            LogRecord::StagedFile(f) => &f.table,
             LogRecord::Command(c) => c.table(),
         }
     }
@@ -205,6 +268,9 @@ impl LogRecord {
                 out.extend_from_slice(name);
                 out.extend_from_slice(ipc);
                 (KIND_ROWS, Bytes::from(out))
+            }
+            LogRecord::StagedFile(f) => {
+                (KIND_STAGED_FILE, Bytes::from(serde_json::to_vec(f).expect("staged files serialize")))
             }
             LogRecord::Command(c) => (KIND_COMMAND, Bytes::from(serde_json::to_vec(c).expect("commands serialize"))),
         }
@@ -225,6 +291,9 @@ impl LogRecord {
                 let name = std::str::from_utf8(&payload[2..2 + n]).map_err(|e| bad(e.to_string()))?;
                 let table = TableName::parse(name).map_err(|e| bad(e.to_string()))?;
                 Ok(LogRecord::Rows { table, ipc: payload.slice(2 + n..) })
+            }
+            KIND_STAGED_FILE => {
+                serde_json::from_slice(&payload).map(LogRecord::StagedFile).map_err(|e| bad(e.to_string()))
             }
             KIND_COMMAND => serde_json::from_slice(&payload).map(LogRecord::Command).map_err(|e| bad(e.to_string())),
             other => Err(bad(format!("unknown kind {other}"))),
@@ -252,6 +321,12 @@ mod tests {
         let t = TableName::parse("events").unwrap();
         for r in [
             LogRecord::Rows { table: t.clone(), ipc: Bytes::from_static(b"\xff\xff\xff\xffarrow") },
+            LogRecord::StagedFile(StagedFile {
+                table: t.clone(),
+                file: StagedFileName::from_hex_id("0123456789abcdef0123456789abcdef").unwrap(),
+                rows: 3,
+                bytes: 1024,
+            }),
             LogRecord::Command(DatasetCommand::Drop { table: t.clone() }),
             LogRecord::Command(DatasetCommand::Truncate { table: t.clone() }),
             LogRecord::Command(DatasetCommand::Create { table: t, schema_ipc: vec![0, 1, 255] }),
@@ -268,5 +343,10 @@ mod tests {
         assert!(LogRecord::decode(KIND_ROWS, Bytes::from_static(b"\x03\x00a/b")).is_err());
         assert!(LogRecord::decode(KIND_COMMAND, Bytes::from_static(b"{")).is_err());
         assert!(LogRecord::decode(99, Bytes::new()).is_err());
+        // A staged file can never name a path outside the staged directory.
+        for name in ["../x.parquet", "/etc/passwd", "a.parquet", "0123456789abcdef0123456789abcdef.csv"] {
+            let json = format!(r#"{{"table":"t","file":"{name}","rows":1,"bytes":1}}"#);
+            assert!(LogRecord::decode(KIND_STAGED_FILE, Bytes::from(json)).is_err(), "{name}");
+        }
     }
 }

@@ -32,7 +32,8 @@ fn main() {
         maintenance_interval_ms: 300,
         snapshot_retention_ms: 0,
         quarantine_dir: dir.join("quarantine"),
-        scratch_dir: dir.join("staging"),
+        scratch_dir: dir.join("scratch"),
+        staged_dir: dir.join("staged"),
         metrics_label: "torture".into(),
         ..Default::default()
     };

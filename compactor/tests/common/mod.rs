@@ -47,7 +47,8 @@ impl Account {
     pub fn options(&self) -> CompactorOptions {
         CompactorOptions {
             quarantine_dir: self.root.join("quarantine"),
-            scratch_dir: self.root.join("staging"),
+            scratch_dir: self.root.join("scratch"),
+            staged_dir: self.root.join("staged"),
             metrics_label: "test".into(),
             ..Default::default()
         }

@@ -8,8 +8,10 @@
 mod accounts;
 mod cli;
 mod config;
+mod ingest;
 mod meta;
 mod pipelines;
+mod query;
 mod server;
 mod telemetry;
 

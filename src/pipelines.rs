@@ -87,7 +87,8 @@ impl Pipelines {
         let wal = WalOptions { metrics_label: account.id.to_string(), ..self.wal.clone() };
         let opts = CompactorOptions {
             quarantine_dir: layout.root().join("quarantine"),
-            scratch_dir: layout.staging_dir(),
+            scratch_dir: layout.scratch_dir(),
+            staged_dir: layout.staged_dir(),
             metrics_label: account.id.to_string(),
             ..self.compactor.clone()
         };

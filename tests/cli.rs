@@ -51,7 +51,7 @@ fn account_lifecycle(b: Backend) {
     let id = account["id"].as_str().unwrap();
     let root = env.path().join("data/accounts").join(id);
     assert!(root.join("catalog.sqlite").is_file(), "catalog created");
-    for d in ["data", "wal", "staging", "notebooks"] {
+    for d in ["data", "wal", "incoming", "staged", "notebooks"] {
         assert!(root.join(d).is_dir(), "{d} created");
     }
     // Default quotas come from the config.

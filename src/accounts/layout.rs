@@ -62,9 +62,21 @@ impl AccountLayout {
         self.root.join("wal")
     }
 
-    /// Uploads being received, before they reach the log.
-    pub fn staging_dir(&self) -> PathBuf {
-        self.root.join("staging")
+    /// Upload bodies being received and converted; nothing here is in the
+    /// log yet, so the directory is emptied whenever the pipeline opens.
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.root.join("incoming")
+    }
+
+    /// Uploads converted to Parquet and named by a log record, until the
+    /// compactor commits them.
+    pub fn staged_dir(&self) -> PathBuf {
+        self.root.join("staged")
+    }
+
+    /// The compactor's temporary files.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.root.join("scratch")
     }
 
     /// The account's marimo notebooks.
@@ -86,7 +98,7 @@ impl AccountLayout {
 
     /// Creates every directory of the layout.
     pub fn create_dirs(&self) -> std::io::Result<()> {
-        for dir in [self.data_dir(), self.wal_dir(), self.staging_dir(), self.notebooks_dir()] {
+        for dir in [self.data_dir(), self.wal_dir(), self.incoming_dir(), self.staged_dir(), self.notebooks_dir()] {
             std::fs::create_dir_all(dir)?;
         }
         Ok(())

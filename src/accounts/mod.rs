@@ -499,7 +499,7 @@ impl AccountService {
         Ok((account, key.id))
     }
 
-    /// Bytes the account occupies on disk (catalog, data, log, staging).
+    /// Bytes the account occupies on disk (catalog, data, log, uploads).
     pub async fn storage_used_bytes(&self, account: &Account) -> Result<u64, AccountError> {
         let root = self.layout(account).root().to_path_buf();
         tokio::task::spawn_blocking(move || layout::dir_size_bytes(&root))

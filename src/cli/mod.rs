@@ -2,6 +2,7 @@
 //! file holds the shared flags and the dispatch.
 
 mod account;
+mod data;
 mod db;
 mod serve;
 
@@ -55,6 +56,18 @@ pub enum Command {
         #[command(subcommand)]
         command: account::AccountCommand,
     },
+    /// Datasets: upload, list, describe, delete (against a running server).
+    Dataset {
+        /// Subcommand.
+        #[command(subcommand)]
+        command: data::DatasetCommand,
+    },
+    /// Streaming ingest (against a running server).
+    Stream {
+        /// Subcommand.
+        #[command(subcommand)]
+        command: data::StreamCommand,
+    },
 }
 
 /// Runs the parsed command line.
@@ -65,6 +78,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db { command } => db::run(&home, command).await,
         Command::Api { command } => serve::run(&home, command).await,
         Command::Account { command } => account::run(&home, command).await,
+        Command::Dataset { command } => data::run_dataset(&home, command).await,
+        Command::Stream { command } => data::run_stream(&home, command).await,
     }
 }
 

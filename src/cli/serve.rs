@@ -9,9 +9,12 @@ use duckpond_compactor::Extensions;
 
 use crate::accounts::AccountService;
 use crate::config::{FlagOverrides, Home};
+use crate::ingest::rate::IngestRate;
 use crate::pipelines::Pipelines;
+use crate::query::Engines;
 use crate::server::{self, AppState};
 use crate::telemetry;
+use tokio::sync::Semaphore;
 
 /// API server commands.
 #[derive(Debug, Subcommand)]
@@ -34,6 +37,8 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let extensions = Extensions::locate(&config.duckdb.extension_directory)?;
     let settings = InstanceSettings { memory_limit_mb: config.duckdb.memory_limit_mb, threads: config.duckdb.threads };
     let pipelines = Arc::new(Pipelines::new(&config, extensions.clone()));
+    let engines = Arc::new(Engines::new(&config, extensions.clone()));
+    let conversions = Arc::new(Semaphore::new(config.limits.max_concurrent_conversions as usize));
     let engine = tokio::task::spawn_blocking(move || extensions.open_instance(&settings))
         .await?
         .context("starting DuckDB with the configured extensions")?;
@@ -52,6 +57,9 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         engine: Arc::new(Mutex::new(engine)),
         metrics: telemetry::metrics_handle(),
         pipelines,
+        engines,
+        ingest_rate: Arc::new(IngestRate::default()),
+        conversions,
     };
     server::serve(state).await?;
     meta.close().await;

@@ -145,6 +145,8 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace_period_ms: u64,
+    /// Uploads and streams fail (408) after this long without a body chunk.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -156,6 +158,7 @@ impl Default for ServerConfig {
             max_request_body_bytes: MIB,
             request_timeout_ms: 30_000,
             shutdown_grace_period_ms: 10_000,
+            body_read_timeout_ms: 60_000,
         }
     }
 }
@@ -336,6 +339,10 @@ impl fmt::Display for PortRange {
 pub struct LimitsConfig {
     /// Largest file an upload accepts.
     pub max_file_size_mb: u64,
+    /// Uploads converted to Parquet at once; more wait their turn.
+    pub max_concurrent_conversions: u32,
+    /// Size of the log records an Arrow IPC stream is cut into.
+    pub stream_record_target_bytes: u64,
     /// Default storage quota.
     pub default_max_storage_gb: u64,
     /// Default number of concurrent queries.
@@ -350,6 +357,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_file_size_mb: 500,
+            max_concurrent_conversions: 2,
+            stream_record_target_bytes: 4 * MIB,
             default_max_storage_gb: 10,
             default_max_concurrent_queries: 5,
             default_max_ingest_bytes_per_s: 100 * MIB,
@@ -359,6 +368,11 @@ impl Default for LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// `max_file_size_mb` in bytes.
+    pub fn max_file_size_bytes(&self) -> u64 {
+        self.max_file_size_mb.saturating_mul(MIB)
+    }
+
     /// `default_max_storage_gb` in bytes.
     pub fn default_max_storage_bytes(&self) -> u64 {
         self.default_max_storage_gb.saturating_mul(GIB)
@@ -491,6 +505,17 @@ impl Config {
         }
         if self.wal.max_record_bytes == 0 || self.wal.max_record_bytes > self.wal.max_inflight_bytes {
             return value("wal.max_record_bytes", "must be positive and at most wal.max_inflight_bytes");
+        }
+        if self.limits.max_concurrent_conversions == 0 {
+            return value("limits.max_concurrent_conversions", "must be at least 1");
+        }
+        if self.limits.stream_record_target_bytes == 0
+            || self.limits.stream_record_target_bytes >= self.wal.max_record_bytes
+        {
+            return value("limits.stream_record_target_bytes", "must be positive and below wal.max_record_bytes");
+        }
+        if self.server.body_read_timeout_ms == 0 {
+            return value("server.body_read_timeout_ms", "must be at least 1");
         }
         if self.compactor.flush_interval_ms == 0 {
             return value("compactor.flush_interval_ms", "must be at least 1");

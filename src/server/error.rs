@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use duckpond_compactor::CompactorError;
+use duckpond_wal::AppendError;
+
 use crate::accounts::{AccountError, AuthError};
 use crate::meta::MetaError;
 
@@ -30,6 +33,9 @@ pub enum ApiError {
     /// 405: the route exists with other methods.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 408: the client stopped sending the body.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
@@ -61,6 +67,15 @@ pub enum ApiError {
     /// 500: a bug or an unexpected failure. Never caused by client input.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// Any of the above with structured details for the client (e.g. which
+    /// batches of a broken stream were kept).
+    #[error("{error}")]
+    WithDetails {
+        /// The error.
+        error: Box<ApiError>,
+        /// Put under `error.details`.
+        details: serde_json::Value,
+    },
 }
 
 /// The JSON error body.
@@ -77,6 +92,9 @@ pub struct ErrorDetail {
     pub code: &'static str,
     /// What went wrong and, where useful, what to do.
     pub message: String,
+    /// Machine-readable context, when the error has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -88,6 +106,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
@@ -95,7 +114,13 @@ impl ApiError {
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::WithDetails { error, .. } => error.status_and_code(),
         }
+    }
+
+    /// Attaches details to the error body.
+    pub fn with_details(self, details: serde_json::Value) -> Self {
+        ApiError::WithDetails { error: Box::new(self), details }
     }
 
     /// Builds the error for a status produced outside our handlers (framework
@@ -107,6 +132,7 @@ impl ApiError {
             StatusCode::FORBIDDEN => ApiError::Forbidden(message),
             StatusCode::NOT_FOUND => ApiError::NotFound(message),
             StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(message),
             StatusCode::CONFLICT => ApiError::Conflict(message),
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(message),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(message),
@@ -121,6 +147,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let (inner, details) = match self {
+            ApiError::WithDetails { error, details } => (*error, Some(details)),
+            other => (other, None),
+        };
+        inner.respond(details)
+    }
+}
+
+impl ApiError {
+    fn respond(self, details: Option<serde_json::Value>) -> Response {
         let (status, code) = self.status_and_code();
         let message = match &self {
             ApiError::Internal(source) => {
@@ -135,7 +171,7 @@ impl IntoResponse for ApiError {
             }
             _ => None,
         };
-        let mut res = (status, axum::Json(ErrorBody { error: ErrorDetail { code, message } })).into_response();
+        let mut res = (status, axum::Json(ErrorBody { error: ErrorDetail { code, message, details } })).into_response();
         if let Some(s) = retry_after {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
@@ -174,6 +210,53 @@ impl From<AuthError> for ApiError {
         }
     }
 }
+
+impl From<CompactorError> for ApiError {
+    fn from(e: CompactorError) -> Self {
+        match e {
+            CompactorError::Append(a) => a.into(),
+            CompactorError::Schema(c) => ApiError::Conflict(c.to_string()),
+            CompactorError::InvalidRecord(msg) => ApiError::BadRequest(msg),
+            CompactorError::Stopped => {
+                ApiError::Unavailable { message: "the account's pipeline is stopping".into(), retry_after_s: 1 }
+            }
+            // The account's lake or log cannot be reached (catalog database
+            // down, say): the write was not taken; retrying later is right.
+            other @ (CompactorError::Lake(_) | CompactorError::WalOpen(_) | CompactorError::WalRead(_)) => {
+                tracing::error!(error = %other, "account pipeline unavailable");
+                ApiError::Unavailable {
+                    message: "the account's storage is unavailable; retry later".into(),
+                    retry_after_s: 5,
+                }
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(e: AppendError) -> Self {
+        match e {
+            AppendError::Backpressure { .. } => ApiError::TooManyRequests {
+                message: format!("ingest backlog is full, retry later: {e}"),
+                retry_after_s: BACKPRESSURE_RETRY_AFTER_S,
+            },
+            AppendError::RecordTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            // The log is intact and appends resume when space returns.
+            AppendError::DiskFull { .. } => ApiError::InsufficientStorage(
+                "the server's disk is full; the write was not stored (retry when space is freed)".into(),
+            ),
+            AppendError::Empty => ApiError::BadRequest("nothing to write".into()),
+            AppendError::Closed => {
+                ApiError::Unavailable { message: "the account's log is closing".into(), retry_after_s: 1 }
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// Retry-After of a 429 caused by the log backlog: about one flush interval.
+pub const BACKPRESSURE_RETRY_AFTER_S: u64 = 1;
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {

@@ -67,12 +67,7 @@ pub async fn json_error_bodies(req: Request, next: Next) -> Response {
     } else {
         text
     };
-    let mut out = if status == StatusCode::REQUEST_TIMEOUT {
-        let body = serde_json::json!({"error": {"code": "timeout", "message": message}});
-        (status, axum::Json(body)).into_response()
-    } else {
-        ApiError::from_status(status, message).into_response()
-    };
+    let mut out = ApiError::from_status(status, message).into_response();
     // Keep headers such as Allow or Retry-After that the producer set.
     for (name, value) in parts.headers.iter() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {

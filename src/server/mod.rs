@@ -27,7 +27,11 @@ use tower_http::trace::TraceLayer;
 
 use crate::accounts::AccountService;
 use crate::config::Config;
+use crate::ingest::rate::IngestRate;
 use crate::pipelines::Pipelines;
+use crate::query::Engines;
+use duckpond_compactor::InstanceSettings;
+use tokio::sync::Semaphore;
 
 /// Header carrying the request id (generated unless the client sent one).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -45,6 +49,19 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Each account's log and compactor.
     pub pipelines: Arc<Pipelines>,
+    /// Each account's read-only DuckDB instance.
+    pub engines: Arc<Engines>,
+    /// Per-account ingest rate.
+    pub ingest_rate: Arc<IngestRate>,
+    /// Upload conversions running at once.
+    pub conversions: Arc<Semaphore>,
+}
+
+impl AppState {
+    /// Memory and threads of each DuckDB instance.
+    pub fn instance_settings(&self) -> InstanceSettings {
+        InstanceSettings { memory_limit_mb: self.config.duckdb.memory_limit_mb, threads: self.config.duckdb.threads }
+    }
 }
 
 /// Builds the application.
@@ -53,10 +70,11 @@ pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.config.server.max_request_body_bytes).unwrap_or(usize::MAX);
     let timeout = Duration::from_millis(state.config.server.request_timeout_ms);
     routes::routes()
+        .route_layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .merge(routes::ingest_routes())
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::json_error_bodies))
         .layer(axum::middleware::from_fn(middleware::record_metrics))

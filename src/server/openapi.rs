@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{account, admin, health};
+use super::routes::{account, admin, datasets, health, stream};
 
 /// The document.
 #[derive(OpenApi)]
@@ -16,9 +16,10 @@ use super::routes::{account, admin, health};
         account::get_account, account::list_keys, account::create_key, account::revoke_key,
         admin::list_accounts, admin::create_account, admin::get_account, admin::update_account,
         admin::delete_account, admin::list_keys, admin::create_key, admin::revoke_key,
+        datasets::upload, datasets::list, datasets::get, datasets::preview, datasets::delete, stream::arrow,
     ),
     modifiers(&Security),
-    tags((name = "health"), (name = "account"), (name = "admin")),
+    tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest")),
 )]
 pub struct ApiDoc;
 

@@ -277,3 +277,34 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Runs `script` with the test Python (duckdb 1.5.5 and pyarrow); returns
+/// its stdout. `EXT` in the script is the extension directory.
+pub fn python(script: &str) -> String {
+    let python = std::env::var("DUCKPOND_TEST_PYTHON")
+        .expect("DUCKPOND_TEST_PYTHON is not set: run the suite with `make test` (it installs duckdb and pyarrow)");
+    let ext = extension_dir().join("v1.5.5").join("linux_amd64");
+    let out = Command::new(python).args(["-c", script]).env("EXT", ext).output().expect("running python");
+    assert!(out.status.success(), "python failed: {}\n{script}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `sql` against an account's lake from an independent DuckDB client
+/// (Python, read-only attach of the SQLite catalog); one JSON value per row.
+pub fn lake_query(account_root: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let script = format!(
+        r#"
+import duckdb, json, os
+c = duckdb.connect(config={{"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}})
+for e in ["sqlite_scanner", "ducklake"]:
+    c.execute(f"LOAD '{{os.environ['EXT']}}/{{e}}.duckdb_extension'")
+c.execute("ATTACH 'ducklake:sqlite:{root}/catalog.sqlite' AS lake (DATA_PATH '{root}/data/', READ_ONLY)")
+c.execute("USE lake")
+for row in c.execute({sql:?}).fetchall():
+    print(json.dumps(list(row), default=str))
+"#,
+        root = account_root.display(),
+        sql = sql
+    );
+    python(&script).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}

@@ -16,13 +16,16 @@ use crate::server::extract::JsonOrDefault;
 /// What the account uses of its quotas, and how far its pipeline is.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
-    /// Bytes on disk (catalog, data files, log, staging).
+    /// Bytes on disk (catalog, data files, log, uploads).
     pub storage_bytes: u64,
     /// Bytes in the write-ahead log not yet truncated after compaction.
     pub wal_uncompacted_bytes: u64,
     /// Age of the oldest write not yet visible to queries.
     pub wal_lag_seconds: f64,
-    /// Highest log position committed to the lake.
+    /// Highest log position acknowledged (durable) so far.
+    pub durable_lsn: u64,
+    /// Highest log position committed to the lake; writes up to
+    /// `durable_lsn` are all visible once this reaches it.
     pub committed_lsn: u64,
     /// The snapshot that committed it (null before the first flush since start).
     pub committed_snapshot_id: Option<i64>,
@@ -57,7 +60,7 @@ pub async fn get_account(
     auth: AuthedAccount,
 ) -> Result<Json<AccountWithUsage>, ApiError> {
     let storage_bytes = state.accounts.storage_used_bytes(&auth.account).await?;
-    let pipeline = state.pipelines.get(&auth.account).await.map_err(|e| ApiError::Internal(e.into()))?;
+    let pipeline = state.pipelines.get(&auth.account).await?;
     let committed = pipeline.committed();
     Ok(Json(AccountWithUsage {
         account: auth.account.view(state.accounts.limits()),
@@ -65,6 +68,7 @@ pub async fn get_account(
             storage_bytes,
             wal_uncompacted_bytes: pipeline.wal().uncompacted_bytes(),
             wal_lag_seconds: pipeline.lag_seconds(),
+            durable_lsn: pipeline.wal().durable_lsn().map(|l| l.get()).unwrap_or(0).max(committed.lsn.get()),
             committed_lsn: committed.lsn.get(),
             committed_snapshot_id: committed.snapshot_id,
         },

@@ -91,6 +91,7 @@ pub async fn delete_account(
     let account = state.accounts.get(&name).await?;
     // Stop its compactor before its files go.
     state.pipelines.close(&account.id).await;
+    state.engines.close(&account.id).await;
     state.accounts.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -2,9 +2,12 @@
 
 pub mod account;
 pub mod admin;
+pub mod datasets;
 pub mod health;
+pub mod stream;
 
-use axum::routing::{delete, get};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use super::AppState;
@@ -26,4 +29,26 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/api/admin/accounts/{name}/keys", get(admin::list_keys).post(admin::create_key))
         .route("/api/admin/accounts/{name}/keys/{key_id}", delete(admin::revoke_key))
+        .route("/api/datasets", get(datasets::list))
+        .route("/api/datasets/{name}", get(datasets::get).delete(datasets::delete))
+        .route("/api/datasets/{name}/preview", get(datasets::preview))
+}
+
+/// Routes whose bodies are streamed: no whole-body limit (they enforce their
+/// own caps as bytes arrive) and no overall timeout (an idle timeout instead).
+pub fn ingest_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/datasets/{name}/upload", post(datasets::upload))
+        .route("/api/stream/arrow/{table}", post(stream::arrow))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::map_response(close_after_refusal))
+}
+
+/// A refused upload may leave most of its body unread; the connection
+/// cannot carry another request, so tell the client not to reuse it.
+async fn close_after_refusal(mut res: axum::response::Response) -> axum::response::Response {
+    if res.status().is_client_error() || res.status().is_server_error() {
+        res.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    res
 }

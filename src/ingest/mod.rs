@@ -1,0 +1,43 @@
+//! Ingestion: everything a write goes through before the log.
+//!
+//! - [`body`]: reading a request body as it arrives, with the size cap, the
+//!   storage quota, the ingest rate and an idle timeout applied per chunk.
+//! - [`upload`]: CSV/JSON/NDJSON/Parquet files spooled to disk, converted to
+//!   Parquet by DuckDB, and logged as a staged-file record.
+//! - [`arrow_stream`]: an Arrow IPC stream decoded incrementally and logged
+//!   in records of bounded size.
+//! - [`rate`]: the per-account ingest rate (bytes/s).
+//!
+//! Nothing here writes the lake: a write is durable once its record is in
+//! the account's log, and the compactor commits it.
+
+pub mod arrow_stream;
+pub mod body;
+pub mod rate;
+pub mod upload;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// How a write treats an existing table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Add rows (the table is created by the first write; new columns are added).
+    #[default]
+    Append,
+    /// Drop the table's rows and schema, then write (the new schema wins).
+    Replace,
+    /// Create the table; 409 if it exists.
+    Create,
+}
+
+/// `?wait=committed`: reply once the write is in a committed snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Wait {
+    /// Reply once the write is durable in the log (default).
+    Durable,
+    /// Reply once the write is visible to queries, with its snapshot id.
+    Committed,
+}

@@ -1,0 +1,67 @@
+//! `/api/stream/arrow/{table}`: Arrow IPC streaming ingest.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::Json;
+
+use super::datasets::{body_limits, body_stream, maybe_wait, pipeline_of, table_name, WaitParams};
+use crate::ingest::arrow_stream::{self, StreamOutcome, ARROW_STREAM_CONTENT_TYPE};
+use crate::ingest::body::IngestBody;
+use crate::server::auth::AuthedAccount;
+use crate::server::error::{ApiError, ErrorBody};
+use crate::server::AppState;
+
+/// Appends an Arrow IPC stream to a table, decoding it as it arrives. On
+/// error, `error.details` says which batches were kept (always the first
+/// `batches_kept`), so the client can resume from there.
+#[utoipa::path(post, path = "/api/stream/arrow/{table}", tag = "ingest", security(("api_key" = [])),
+    params(("table" = String, Path), WaitParams),
+    request_body(content = Vec<u8>, content_type = "application/vnd.apache.arrow.stream"),
+    responses((status = 200, body = StreamOutcome), (status = 202, body = StreamOutcome),
+        (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 507, body = ErrorBody)))]
+pub async fn arrow(
+    State(state): State<AppState>,
+    auth: AuthedAccount,
+    Path(table): Path<String>,
+    params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
+    req: Request,
+) -> Result<(StatusCode, Json<StreamOutcome>), ApiError> {
+    let Query(params) = params?;
+    let table = table_name(&table)?;
+    let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if ct.split(';').next().unwrap_or("").trim() != ARROW_STREAM_CONTENT_TYPE {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type must be {ARROW_STREAM_CONTENT_TYPE} (the Arrow IPC stream format), got {ct:?}"
+        )));
+    }
+    let limits = body_limits(&state, &auth, None).await?;
+    limits.check_quota(0)?;
+    let pipeline = pipeline_of(&state, &auth).await?;
+    let mut body =
+        IngestBody::new(body_stream(req.into_body()), limits, state.ingest_rate.clone(), auth.account.id.clone());
+    let res = arrow_stream::ingest(
+        pipeline.clone(),
+        table,
+        &mut body,
+        state.config.limits.stream_record_target_bytes,
+        state.config.wal.max_record_bytes,
+    )
+    .await;
+    match res {
+        Ok(mut out) => {
+            let last = out.last_lsn.map(duckpond_wal::Lsn::new);
+            if let Some(lsn) = last {
+                let (status, committed, snapshot_id) = maybe_wait(&state, &pipeline, params.wait, lsn).await;
+                out.committed = committed;
+                out.snapshot_id = snapshot_id;
+                return Ok((status, Json(out)));
+            }
+            Ok((StatusCode::ACCEPTED, Json(out)))
+        }
+        Err((e, kept)) => {
+            let details = serde_json::to_value(&kept).unwrap_or_default();
+            Err(e.with_details(details))
+        }
+    }
+}

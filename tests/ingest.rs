@@ -1,0 +1,454 @@
+//! Ingestion end to end against `duckpond api serve`: uploads in every
+//! format and mode (files written by pyarrow and DuckDB), Arrow IPC streams
+//! written by pyarrow, dataset listing and deletion, every bad input, and a
+//! kill -9 crash test of the durability contract.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{error_of, json_of, lake_query, python, Backend, Server, TestEnv};
+use reqwest::blocking::Body;
+
+const CSV: &str = "id,name,score\n1,ann,1.5\n2,bob,2.5\n3,cy,3.5\n";
+
+struct Acct {
+    key: String,
+    root: PathBuf,
+}
+
+fn account(env: &TestEnv, name: &str) -> Acct {
+    let (a, key) = env.create_account(name);
+    let root = env.path().join("data").join("accounts").join(a["id"].as_str().unwrap());
+    Acct { key, root }
+}
+
+fn upload(
+    s: &Server,
+    a: &Acct,
+    table: &str,
+    query: &str,
+    ct: &str,
+    body: impl Into<Body>,
+) -> reqwest::blocking::Response {
+    s.http
+        .post(s.url(&format!("/api/datasets/{table}/upload{query}")))
+        .header("X-API-Key", &a.key)
+        .header("Content-Type", ct)
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+fn stream(s: &Server, a: &Acct, table: &str, query: &str, body: impl Into<Body>) -> reqwest::blocking::Response {
+    s.http
+        .post(s.url(&format!("/api/stream/arrow/{table}{query}")))
+        .header("X-API-Key", &a.key)
+        .header("Content-Type", "application/vnd.apache.arrow.stream")
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+fn datasets(s: &Server, a: &Acct) -> Vec<serde_json::Value> {
+    json_of(s.get("/api/datasets", Some(&a.key)), 200).as_array().unwrap().clone()
+}
+
+fn rows_of(s: &Server, a: &Acct, table: &str) -> i64 {
+    let d = json_of(s.get(&format!("/api/datasets/{table}"), Some(&a.key)), 200);
+    d["rows"].as_i64().unwrap()
+}
+
+/// Files in a directory (none if it does not exist).
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// pyarrow writes an Arrow IPC stream of `batches` batches of `rows` rows
+/// each: id (int64, consecutive from `start`), name (string), v (double).
+fn arrow_stream_file(dir: &Path, name: &str, start: i64, batches: usize, rows: usize) -> PathBuf {
+    let path = dir.join(name);
+    python(&format!(
+        r#"
+import pyarrow as pa
+schema = pa.schema([("id", pa.int64()), ("name", pa.string()), ("v", pa.float64())])
+with pa.OSFile("{path}", "wb") as f, pa.ipc.new_stream(f, schema) as w:
+    for b in range({batches}):
+        lo = {start} + b * {rows}
+        ids = list(range(lo, lo + {rows}))
+        w.write_batch(pa.record_batch([pa.array(ids, pa.int64()), pa.array([f"n{{i}}" for i in ids]), pa.array([i / 2 for i in ids], pa.float64())], schema=schema))
+"#,
+        path = path.display()
+    ));
+    path
+}
+
+#[test]
+fn upload_every_format_and_mode() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let tmp = tempfile::tempdir().unwrap();
+
+    // CSV, waiting for the commit: the reply carries the snapshot id.
+    let r = json_of(upload(&s, &a, "people", "?wait=committed", "text/csv", CSV), 200);
+    assert_eq!((r["rows"].as_u64(), r["committed"].as_bool()), (Some(3), Some(true)), "{r}");
+    assert!(r["snapshot_id"].as_i64().unwrap() > 0);
+    assert_eq!(rows_of(&s, &a, "people"), 3);
+
+    // JSON array appended, with a new column (schema evolution).
+    let json = r#"[{"id": 4, "name": "dee", "score": 4.5, "team": "x"}]"#;
+    json_of(upload(&s, &a, "people", "?wait=committed", "application/json", json), 200);
+    // NDJSON through ?format= (overrides the Content-Type).
+    let nd = "{\"id\": 5, \"name\": \"eve\"}\n{\"id\": 6, \"name\": \"fay\"}\n";
+    json_of(upload(&s, &a, "people", "?format=ndjson&wait=committed", "application/octet-stream", nd), 200);
+    // Parquet written by pyarrow and by DuckDB.
+    let pa_file = tmp.path().join("pa.parquet");
+    let dd_file = tmp.path().join("dd.parquet");
+    python(&format!(
+        r#"
+import pyarrow as pa, pyarrow.parquet as pq, duckdb
+pq.write_table(pa.table({{"id": pa.array([7, 8], pa.int64()), "name": ["gus", "hal"]}}), "{}")
+duckdb.sql("COPY (SELECT 9::BIGINT AS id, 'ida' AS name) TO '{}' (FORMAT parquet)")
+"#,
+        pa_file.display(),
+        dd_file.display()
+    ));
+    for f in [&pa_file, &dd_file] {
+        let body = std::fs::read(f).unwrap();
+        json_of(upload(&s, &a, "people", "?wait=committed", "application/vnd.apache.parquet", body), 200);
+    }
+    assert_eq!(rows_of(&s, &a, "people"), 9);
+    let d = json_of(s.get("/api/datasets/people", Some(&a.key)), 200);
+    let cols: Vec<_> = d["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(cols, ["id", "name", "score", "team"]);
+    assert!(d["snapshots"].as_array().unwrap().len() >= 5, "{d}");
+    // The lake read by an independent client agrees, with no duplicates.
+    let got = lake_query(&a.root, "SELECT count(*), count(DISTINCT id), sum(id) FROM people");
+    assert_eq!(got[0], serde_json::json!([9, 9, 45]));
+
+    // Multipart (as a browser sends it), format from the file name.
+    let form = reqwest::blocking::multipart::Form::new()
+        .part("file", reqwest::blocking::multipart::Part::bytes(CSV.as_bytes().to_vec()).file_name("more.csv"));
+    let r = s
+        .http
+        .post(s.url("/api/datasets/people/upload?wait=committed"))
+        .header("X-API-Key", &a.key)
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(json_of(r, 200)["format"], "csv");
+    assert_eq!(rows_of(&s, &a, "people"), 12);
+
+    // replace: the new schema wins and the old rows are gone.
+    let r = upload(&s, &a, "people", "?mode=replace&wait=committed", "text/csv", "k\nz\n");
+    json_of(r, 200);
+    let d = json_of(s.get("/api/datasets/people", Some(&a.key)), 200);
+    assert_eq!(d["rows"], 1);
+    assert_eq!(d["columns"].as_array().unwrap().len(), 1);
+    // create: 409 on an existing table, works on a new one.
+    let msg = error_of(upload(&s, &a, "people", "?mode=create", "text/csv", CSV), 409, "conflict");
+    assert!(msg.contains("already exists"), "{msg}");
+    json_of(upload(&s, &a, "fresh", "?mode=create&wait=committed", "text/csv", CSV), 200);
+    assert_eq!(rows_of(&s, &a, "fresh"), 3);
+    // Preview.
+    let p = json_of(s.get("/api/datasets/fresh/preview?limit=2", Some(&a.key)), 200);
+    assert_eq!(p["rows"].as_array().unwrap().len(), 2);
+    assert_eq!(p["rows"][0]["name"], "ann");
+    // Staged files are gone once committed.
+    assert!(files_in(&a.root.join("staged")).is_empty(), "{:?}", files_in(&a.root.join("staged")));
+    assert!(files_in(&a.root.join("incoming")).is_empty());
+}
+
+#[test]
+fn upload_without_wait_is_accepted_then_visible() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let r = json_of(upload(&s, &a, "t", "", "text/csv", CSV), 202);
+    assert_eq!(r["committed"], false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while datasets(&s, &a).is_empty() {
+        assert!(Instant::now() < deadline, "never committed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(datasets(&s, &a)[0]["rows"], 3);
+}
+
+/// Every rejected upload leaves no table, no staged file and no log record.
+#[test]
+fn bad_uploads_are_refused_and_leave_nothing() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.write_config("limits:\n  max_file_size_mb: 1\n");
+    let a = account(&env, "acme");
+    let s = env.serve();
+    error_of(upload(&s, &a, "t", "?format=xlsx", "text/csv", CSV), 415, "unsupported_media_type");
+    error_of(upload(&s, &a, "t", "", "image/png", CSV), 415, "unsupported_media_type");
+    let long = "a".repeat(129);
+    for bad in ["a%2Fb", "a..b", "a%20b", "a.b", "__duckpond_x", "1abc", long.as_str()] {
+        error_of(upload(&s, &a, bad, "", "text/csv", CSV), 400, "bad_request");
+    }
+    error_of(upload(&s, &a, "t", "?mode=upsert", "text/csv", CSV), 400, "bad_request");
+    // Malformed CSV: DuckDB's message with the line, and no server path.
+    // Small malformed files, where DuckDB's sniffer would skip or merge
+    // lines, and a bad row far past the sniffer's sample.
+    for bad in ["a,b\n1,2\n3,4,5,6\n", "a,b\n1,2\n3,4\n5,6,7\n8,9\n", "a;b\n1;2\n3\n"] {
+        error_of(upload(&s, &a, "t", "", "text/csv", bad), 400, "bad_request");
+    }
+    let long_bad: String = std::iter::once("a,b\n".to_string())
+        .chain((0..30_000).map(|i| format!("{i},{i}\n")))
+        .chain(std::iter::once("1,2,3,4\n".to_string()))
+        .collect();
+    let msg = error_of(upload(&s, &a, "t", "", "text/csv", long_bad), 400, "bad_request");
+    assert!(msg.contains("Line: 30002"), "{msg}");
+    assert!(!msg.contains(env.path().to_str().unwrap()), "leaks a path: {msg}");
+    let msg = error_of(upload(&s, &a, "t", "", "application/json", "[{\"a\": 1}, {\"a\": "), 400, "bad_request");
+    assert!(msg.contains("json") || msg.contains("JSON"), "{msg}");
+    error_of(upload(&s, &a, "t", "", "application/vnd.apache.parquet", "not parquet"), 400, "bad_request");
+    error_of(upload(&s, &a, "t", "", "text/csv", ""), 400, "bad_request");
+    // Over max_file_size_mb (1 MiB): declared, and streamed without a length.
+    let big = "x\n".repeat(600_000);
+    error_of(upload(&s, &a, "t", "", "text/csv", big.clone()), 413, "payload_too_large");
+    let chunked = Body::new(std::io::Cursor::new(big.into_bytes()));
+    error_of(upload(&s, &a, "t", "", "text/csv", chunked), 413, "payload_too_large");
+    // Storage quota: 507 with usage and quota in the message.
+    let r = s
+        .admin(reqwest::Method::PATCH, "/api/admin/accounts/acme")
+        .json(&serde_json::json!({"max_storage_bytes": 1000}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let msg = error_of(upload(&s, &a, "t", "", "text/csv", CSV), 507, "insufficient_storage");
+    assert!(msg.contains("quota") && msg.contains("1000"), "{msg}");
+
+    assert!(datasets(&s, &a).is_empty());
+    assert!(files_in(&a.root.join("staged")).is_empty(), "{:?}", files_in(&a.root.join("staged")));
+    assert!(
+        files_in(&a.root.join("incoming")).iter().all(|f| f.starts_with('.')),
+        "{:?}",
+        files_in(&a.root.join("incoming"))
+    );
+    let me = json_of(s.get("/api/account", Some(&a.key)), 200);
+    assert_eq!(me["usage"]["durable_lsn"], 0, "no log record: {me}");
+    assert_eq!(me["usage"]["committed_lsn"], 0, "{me}");
+}
+
+/// An incompatible type change is refused before the log, naming the column.
+#[test]
+fn type_conflicts_are_409_naming_the_column() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let tmp = tempfile::tempdir().unwrap();
+    json_of(upload(&s, &a, "t", "?wait=committed", "text/csv", "id,name,v\n1,a,0.5\n"), 200);
+    let msg = error_of(upload(&s, &a, "t", "", "text/csv", "id\nnot-a-number\n"), 409, "conflict");
+    assert!(msg.contains("\"id\"") && msg.contains("Int64"), "{msg}");
+    // A wider type converts: int32 into BIGINT is accepted.
+    json_of(upload(&s, &a, "t", "?wait=committed", "application/json", r#"[{"id": 2}]"#), 200);
+    // Arrow stream with id as string: 409 before anything is kept.
+    let f = tmp.path().join("s.arrows");
+    python(&format!(
+        r#"
+import pyarrow as pa
+t = pa.table({{"id": pa.array(["x"]), "v": pa.array([1.0])}})
+with pa.OSFile("{}", "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
+    w.write_table(t)
+"#,
+        f.display()
+    ));
+    let r = stream(&s, &a, "t", "", std::fs::read(&f).unwrap());
+    let v = json_of(r, 409);
+    assert!(v["error"]["message"].as_str().unwrap().contains("\"id\""), "{v}");
+    assert_eq!(v["error"]["details"]["batches_kept"], 0);
+    assert_eq!(rows_of(&s, &a, "t"), 2);
+}
+
+#[test]
+fn arrow_streams_from_pyarrow() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = arrow_stream_file(tmp.path(), "a.arrows", 0, 20, 5_000);
+    // Chunked transfer (no Content-Length), waiting for the commit.
+    let body = Body::new(std::fs::File::open(&f).unwrap());
+    let r = json_of(stream(&s, &a, "events", "?wait=committed", body), 200);
+    assert_eq!((r["batches_kept"].as_u64(), r["rows_kept"].as_u64()), (Some(20), Some(100_000)), "{r}");
+    assert!(r["last_lsn"].as_u64().unwrap() >= 1 && r["snapshot_id"].as_i64().is_some(), "{r}");
+    let got = lake_query(&a.root, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM events");
+    assert_eq!(got[0], serde_json::json!([100_000, 100_000, 0, 99_999]));
+
+    // Wrong content type; garbage; a schema with no batches creates the table.
+    let r = s
+        .http
+        .post(s.url("/api/stream/arrow/events"))
+        .header("X-API-Key", &a.key)
+        .header("Content-Type", "application/octet-stream")
+        .body(std::fs::read(&f).unwrap())
+        .send()
+        .unwrap();
+    error_of(r, 415, "unsupported_media_type");
+    let v = json_of(stream(&s, &a, "events", "", vec![0xffu8, 0xff, 0xff, 0xff, 0x10, 0, 0, 0, 1, 2, 3]), 400);
+    assert_eq!(v["error"]["details"]["batches_kept"], 0, "{v}");
+    let empty = arrow_stream_file(tmp.path(), "e.arrows", 0, 0, 0);
+    let r = json_of(stream(&s, &a, "empty_one", "?wait=committed", std::fs::read(&empty).unwrap()), 200);
+    assert_eq!((r["batches_kept"].as_u64(), r["committed"].as_bool()), (Some(0), Some(true)), "{r}");
+    let d = json_of(s.get("/api/datasets/empty_one", Some(&a.key)), 200);
+    assert_eq!((d["rows"].as_i64(), d["columns"].as_array().unwrap().len()), (Some(0), 3), "{d}");
+}
+
+/// A stream cut inside batch k keeps exactly batches 0..k; re-sending from
+/// batch k completes the data without duplicates.
+#[test]
+fn truncated_stream_keeps_whole_batches_and_resumes() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = arrow_stream_file(tmp.path(), "a.arrows", 0, 10, 1_000);
+    let bytes = std::fs::read(&f).unwrap();
+    // Each batch has the same size: find the cut by re-encoding 6 batches.
+    let six = arrow_stream_file(tmp.path(), "six.arrows", 0, 6, 1_000);
+    let six_len = std::fs::read(&six).unwrap().len() - 8; // without the end-of-stream marker
+    let cut = six_len + 100; // inside batch 6
+    let v = json_of(stream(&s, &a, "events", "", bytes[..cut].to_vec()), 400);
+    let d = &v["error"]["details"];
+    assert_eq!((d["batches_kept"].as_u64(), d["rows_kept"].as_u64()), (Some(6), Some(6_000)), "{v}");
+    // Resume from batch 6.
+    let rest = arrow_stream_file(tmp.path(), "rest.arrows", 6_000, 4, 1_000);
+    json_of(stream(&s, &a, "events", "?wait=committed", std::fs::read(&rest).unwrap()), 200);
+    let got = lake_query(&a.root, "SELECT count(*), count(DISTINCT id), max(id) FROM events");
+    assert_eq!(got[0], serde_json::json!([10_000, 10_000, 9_999]));
+}
+
+#[test]
+fn delete_dataset_goes_through_the_log() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let s = env.serve();
+    json_of(upload(&s, &a, "t", "?wait=committed", "text/csv", CSV), 200);
+    let r = s.http.delete(s.url("/api/datasets/t?wait=committed")).header("X-API-Key", &a.key).send().unwrap();
+    assert!(json_of(r, 200)["snapshot_id"].as_i64().is_some());
+    assert!(datasets(&s, &a).is_empty());
+    error_of(s.get("/api/datasets/t", Some(&a.key)), 404, "not_found");
+    error_of(s.get("/api/datasets/t/preview", Some(&a.key)), 404, "not_found");
+    let r = s.http.delete(s.url("/api/datasets/t")).header("X-API-Key", &a.key).send().unwrap();
+    error_of(r, 404, "not_found");
+    error_of(s.get("/api/datasets/t/preview?limit=100000", Some(&a.key)), 400, "bad_request");
+    // Ingest needs a key; another account's key sees nothing of this one.
+    let r = s.http.post(s.url("/api/datasets/t/upload")).header("Content-Type", "text/csv").body(CSV).send().unwrap();
+    error_of(r, 401, "unauthorized");
+    let b = account(&env, "globex");
+    json_of(upload(&s, &a, "mine", "?wait=committed", "text/csv", CSV), 200);
+    assert!(datasets(&s, &b).is_empty());
+    error_of(s.get("/api/datasets/mine", Some(&b.key)), 404, "not_found");
+}
+
+/// kill -9 while uploads and streams are acknowledged and the compactor
+/// flushes every 50 ms, three times over: after each restart every
+/// acknowledged row is in the lake exactly once.
+#[test]
+fn kill_dash_nine_loses_and_duplicates_nothing() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.write_config("compactor:\n  flush_interval_ms: 50\n");
+    let a = account(&env, "acme");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut acked: Vec<(i64, i64)> = Vec::new(); // id ranges [lo, hi)
+    let mut next_id: i64 = 0;
+    for round in 0..3 {
+        let s = env.serve();
+        let stop_at = Instant::now() + Duration::from_millis(1_500 + 500 * round);
+        let mut i = 0;
+        while Instant::now() < stop_at {
+            let (lo, n) = (next_id, 2_000i64);
+            next_id += n;
+            let ok = if i % 2 == 0 {
+                let f = arrow_stream_file(tmp.path(), &format!("r{round}-{i}.arrows"), lo, 4, (n / 4) as usize);
+                stream(&s, &a, "events", "", std::fs::read(&f).unwrap()).status().is_success()
+            } else {
+                let csv: String = std::iter::once("id,name,v\n".to_string())
+                    .chain((lo..lo + n).map(|id| format!("{id},n{id},{}\n", id as f64 / 2.0)))
+                    .collect();
+                upload(&s, &a, "events", "", "text/csv", csv).status().is_success()
+            };
+            if ok {
+                acked.push((lo, lo + n));
+            }
+            i += 1;
+        }
+        // Unacknowledged writes in flight at the kill may land or not.
+        let _ = Command::new("kill").args(["-9", &s.pid().to_string()]).status();
+        drop(s);
+    }
+    // Restart: the log is replayed into the lake.
+    let s = env.serve();
+    let total: i64 = acked.iter().map(|(lo, hi)| hi - lo).sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let me = json_of(s.get("/api/account", Some(&a.key)), 200);
+        if me["usage"]["committed_lsn"] == me["usage"]["durable_lsn"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "log never drained: {me}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(s);
+    let dup = lake_query(&a.root, "SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1)");
+    assert_eq!(dup[0][0], 0, "duplicated rows");
+    let ranges: Vec<String> = acked.iter().map(|(lo, hi)| format!("(id >= {lo} AND id < {hi})")).collect();
+    let present = lake_query(&a.root, &format!("SELECT count(*) FROM events WHERE {}", ranges.join(" OR ")));
+    assert_eq!(present[0][0].as_i64().unwrap(), total, "acknowledged rows missing");
+    assert!(acked.len() >= 6, "too few writes to mean anything: {}", acked.len());
+}
+
+/// The data commands of the CLI against a running server, with the key the
+/// CLI issues for itself; and a clear error when no server is reachable.
+#[test]
+fn cli_data_commands() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    account(&env, "acme");
+    let s = env.serve();
+    let tmp = tempfile::tempdir().unwrap();
+    let csv = tmp.path().join("my-data.csv");
+    std::fs::write(&csv, CSV).unwrap();
+    let server = ["--account", "acme", "--server", s.url.as_str()];
+    let out = env.ok(&[&["dataset", "upload", csv.to_str().unwrap()][..], &server[..]].concat());
+    assert!(out.contains("my_data") && out.contains("3 rows") && out.contains("committed in snapshot"), "{out}");
+    let out = env.ok(&[&["dataset", "list"][..], &server[..]].concat());
+    assert!(out.lines().any(|l| l.starts_with("my_data") && l.contains(" 3 ")), "{out}");
+    let out = env.ok(&[&["dataset", "describe", "my_data"][..], &server[..]].concat());
+    assert!(out.contains("score") && out.contains("DOUBLE"), "{out}");
+    // A second upload reuses the saved key (no second key issued).
+    env.ok(&[&["dataset", "upload", csv.to_str().unwrap(), "--name", "again", "--mode", "create"][..], &server[..]]
+        .concat());
+    let keys = env.ok(&["account", "api-key", "list", "acme", "--json"]);
+    let n = serde_json::from_str::<serde_json::Value>(&keys).unwrap().as_array().unwrap().len();
+    assert_eq!(n, 2, "{keys}");
+    // Arrow IPC from stdin.
+    let f = arrow_stream_file(tmp.path(), "a.arrows", 0, 3, 100);
+    let out = env
+        .command()
+        .args([&["stream", "arrow", "events"][..], &server[..]].concat())
+        .stdin(std::fs::File::open(&f).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("300 rows in 3 batches"));
+    env.ok(&[&["dataset", "delete", "again"][..], &server[..]].concat());
+    let out = env.ok(&[&["dataset", "list", "--json"][..], &server[..]].concat());
+    let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&out)
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["events", "my_data"]);
+    // Errors: the server's message, and no server at all.
+    let err = env.fails(&[&["dataset", "describe", "nope"][..], &server[..]].concat());
+    assert!(err.contains("404") && err.contains("not found"), "{err}");
+    let err = env.fails(&["dataset", "list", "--account", "acme", "--server", "http://127.0.0.1:9"]);
+    assert!(err.contains("no DuckPond server reachable") && err.contains("duckpond api serve"), "{err}");
+}

@@ -12,7 +12,7 @@ TEST_POSTGRES_URL ?= postgresql://duckpond_test:duckpond_test@127.0.0.1:5432/duc
 TEST_PYTHON ?= $(HOME)/.cache/duckpond/venv/bin/python
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 
-.PHONY: run test build extensions services fmt lint bench-wal bench-compactor
+.PHONY: run test build extensions services fmt lint bench-wal bench-compactor bench-ingest
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -46,6 +46,11 @@ bench-wal:
 bench-compactor:
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench compactor
+
+## Uploads (CSV -> Parquet) and Arrow IPC streaming through the real daemon (docs/BENCHMARKS.md).
+bench-ingest:
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench ingest
 
 fmt:
 	cargo fmt --all

@@ -82,6 +82,15 @@ impl Pipelines {
             return Ok(r.compactor.clone());
         }
         let layout = AccountLayout::new(&self.storage_root, &account.id);
+        // Uploads in `incoming/` were never acknowledged, and none can be in
+        // flight before the pipeline opens (uploads open it first): a crash
+        // left them; drop them.
+        if let Ok(entries) = std::fs::read_dir(layout.incoming_dir()) {
+            for e in entries.flatten() {
+                let _ =
+                    if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+            }
+        }
         let (ext, settings) = (self.extensions.clone(), self.settings);
         let catalog = layout.catalog(&self.catalogs);
         let wal = WalOptions { metrics_label: account.id.to_string(), ..self.wal.clone() };

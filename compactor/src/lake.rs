@@ -195,6 +195,16 @@ impl CatalogLocation {
         Self { metadata: CatalogMetadata::Sqlite(catalog_file), data_path }
     }
 
+    /// Where DuckLake's own tables are, qualified, in an instance that
+    /// attached this catalog as `alias` (`__ducklake_metadata_<alias>.<schema>`).
+    pub fn metadata_tables(&self, alias: &str) -> String {
+        let schema = match &self.metadata {
+            CatalogMetadata::Sqlite(_) => "main".to_string(),
+            CatalogMetadata::Postgres { schema, .. } => format!("\"{}\"", schema.replace('"', "\"\"")),
+        };
+        format!("__ducklake_metadata_{alias}.{schema}")
+    }
+
     /// A human-readable name of the catalog (never includes a password).
     pub fn describe(&self) -> String {
         match &self.metadata {

@@ -152,7 +152,16 @@ fn unusable_record_is_quarantined_not_blocking() {
     let c = acct.open();
     let rt = rt();
     let bad = LogRecord::Rows { table: TableName::parse("t").unwrap(), ipc: Bytes::from_static(b"not arrow") };
-    rt.block_on(c.append(&[rows("t", 1, 0, 4), bad, rows("t", 1, 1, 4)])).unwrap();
+    // append() refuses it before the log ...
+    let refused = rt.block_on(c.append(&[rows("t", 1, 0, 4), bad.clone(), rows("t", 1, 1, 4)]));
+    assert!(matches!(refused, Err(duckpond_compactor::CompactorError::InvalidRecord(_))), "{refused:?}");
+    // ... so put it in the log behind the check's back, as a bug or an
+    // older version could have: the flush must still not be blocked.
+    let raw = |r: &LogRecord| {
+        let (kind, payload) = r.encode();
+        (duckpond_wal::RecordKind(kind), payload)
+    };
+    rt.block_on(c.wal().append_batch(vec![raw(&rows("t", 1, 0, 4)), raw(&bad), raw(&rows("t", 1, 1, 4))])).unwrap();
     let out = c.flush_blocking().unwrap();
     assert_eq!(out.quarantined, vec![Lsn::new(2)]);
     assert_eq!(out.rows, 8);

@@ -1,4 +1,4 @@
-//! File uploads: the body is spooled to `incoming/` and fsynced, DuckDB's
+//! File uploads: the body is spooled to `incoming/`, DuckDB's
 //! readers convert it to Parquet in `staged/` (CSV dialect and type
 //! sniffing, JSON/NDJSON, Parquet), the Parquet file is fsynced, and one log
 //! record names it. The compactor inserts it and deletes it after the commit.
@@ -132,7 +132,11 @@ pub fn new_file_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Writes the body to `incoming/<id>.<ext>` and fsyncs it.
+/// Writes the body to `incoming/<id>.<ext>`. Not fsynced, on purpose:
+/// nothing is acknowledged from this file. Durability starts with the
+/// Parquet file converted from it, which is fsynced before the log record
+/// that names it; a crash before that loses only an unacknowledged upload,
+/// whose leftovers the next pipeline open deletes.
 pub async fn spool<S, E>(
     body: &mut IngestBody<S>,
     incoming: &Path,
@@ -146,13 +150,18 @@ where
     let path = incoming.join(format!("{id}.{}", format.extension()));
     let io = |e: std::io::Error| ApiError::Internal(anyhow::anyhow!("spooling an upload to {}: {e}", path.display()));
     tokio::fs::create_dir_all(incoming).await.map_err(io)?;
-    let mut file = tokio::fs::File::create(&path).await.map_err(io)?;
+    let file = tokio::fs::File::create(&path).await.map_err(io)?;
+    // Body chunks are small; each tokio file write is a blocking-pool hop.
+    let mut file = tokio::io::BufWriter::with_capacity(SPOOL_BUFFER_BYTES, file);
     while let Some(chunk) = body.next_chunk().await? {
         file.write_all(&chunk).await.map_err(|e| storage_error(e, &path))?;
     }
-    file.sync_all().await.map_err(|e| storage_error(e, &path))?;
+    file.flush().await.map_err(|e| storage_error(e, &path))?;
     Ok(path)
 }
+
+/// Write buffer of an upload being spooled.
+const SPOOL_BUFFER_BYTES: usize = 1024 * 1024;
 
 fn storage_error(e: std::io::Error, path: &Path) -> ApiError {
     if e.raw_os_error() == Some(28) {

@@ -71,12 +71,7 @@ pub struct Preview {
     pub rows: Vec<serde_json::Value>,
 }
 
-fn meta() -> String {
-    format!("__ducklake_metadata_{LAKE_ALIAS}")
-}
-
-fn summaries(conn: &Connection, only: Option<&str>) -> Result<Vec<DatasetSummary>, LakeError> {
-    let m = meta();
+fn summaries(conn: &Connection, m: &str, only: Option<&str>) -> Result<Vec<DatasetSummary>, LakeError> {
     let sql = format!(
         "WITH t AS (SELECT table_id, table_name, begin_snapshot FROM {m}.ducklake_table WHERE end_snapshot IS NULL
                     AND (?::VARCHAR IS NULL OR lower(table_name) = lower(?::VARCHAR))),
@@ -112,9 +107,10 @@ fn summaries(conn: &Connection, only: Option<&str>) -> Result<Vec<DatasetSummary
     Ok(rows)
 }
 
-/// Every dataset with its stats.
-pub fn list(conn: &Connection) -> Result<Vec<DatasetSummary>, LakeError> {
-    summaries(conn, None)
+/// Every dataset with its stats. `m`: the catalog tables
+/// ([`crate::query::AccountEngine::metadata_tables`]).
+pub fn list(conn: &Connection, m: &str) -> Result<Vec<DatasetSummary>, LakeError> {
+    summaries(conn, m, None)
 }
 
 fn columns(conn: &Connection, from: &str) -> Result<Vec<Column>, LakeError> {
@@ -127,11 +123,10 @@ fn columns(conn: &Connection, from: &str) -> Result<Vec<Column>, LakeError> {
 }
 
 /// One dataset with columns and snapshots (None if it does not exist).
-pub fn describe(conn: &Connection, table: &TableName) -> Result<Option<DatasetDetail>, LakeError> {
-    let Some(summary) = summaries(conn, Some(table.as_str()))?.into_iter().next() else { return Ok(None) };
+pub fn describe(conn: &Connection, m: &str, table: &TableName) -> Result<Option<DatasetDetail>, LakeError> {
+    let Some(summary) = summaries(conn, m, Some(table.as_str()))?.into_iter().next() else { return Ok(None) };
     let name = TableName::parse(&summary.name).map_err(|e| LakeError::RoundTrip(e.to_string()))?;
     let columns = columns(conn, &format!("{LAKE_ALIAS}.main.{}", name.quoted()))?;
-    let m = meta();
     // A snapshot's changes name the table by id (inserts, deletes) or by
     // qualified name (creation, alteration).
     let sql = format!(
@@ -154,8 +149,8 @@ pub fn describe(conn: &Connection, table: &TableName) -> Result<Option<DatasetDe
 }
 
 /// The first `limit` rows (None if the dataset does not exist).
-pub fn preview(conn: &Connection, table: &TableName, limit: u64) -> Result<Option<Preview>, LakeError> {
-    let Some(summary) = summaries(conn, Some(table.as_str()))?.into_iter().next() else { return Ok(None) };
+pub fn preview(conn: &Connection, m: &str, table: &TableName, limit: u64) -> Result<Option<Preview>, LakeError> {
+    let Some(summary) = summaries(conn, m, Some(table.as_str()))?.into_iter().next() else { return Ok(None) };
     let name = TableName::parse(&summary.name).map_err(|e| LakeError::RoundTrip(e.to_string()))?;
     let from = format!("{LAKE_ALIAS}.main.{}", name.quoted());
     let columns = columns(conn, &from)?;

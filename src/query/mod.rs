@@ -22,9 +22,17 @@ use crate::config::Config;
 /// connection to it (connections are cheap; the instance holds the cache).
 pub struct AccountEngine {
     base: Mutex<duckdb::Connection>,
+    /// DuckLake's own tables of this account, qualified.
+    metadata_tables: String,
 }
 
 impl AccountEngine {
+    /// DuckLake's catalog tables as `<database>.<schema>` (they live in the
+    /// account's PostgreSQL schema or the SQLite file's `main`).
+    pub fn metadata_tables(&self) -> &str {
+        &self.metadata_tables
+    }
+
     /// Runs `f` on a connection of this instance, off the async runtime.
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, LakeError>
     where
@@ -70,6 +78,7 @@ impl Engines {
         }
         let layout = AccountLayout::new(&self.storage_root, &account.id);
         let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
+        let metadata_tables = location.metadata_tables(LAKE_ALIAS);
         let conn = tokio::task::spawn_blocking(move || {
             let conn = ext.open_instance(&settings)?;
             conn.execute_batch(&location.attach_sql(LAKE_ALIAS, true))
@@ -79,7 +88,7 @@ impl Engines {
         })
         .await
         .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("opening the engine failed: {e}"))))?;
-        let engine = Arc::new(AccountEngine { base: Mutex::new(conn) });
+        let engine = Arc::new(AccountEngine { base: Mutex::new(conn), metadata_tables });
         // Two first requests may both open one; the first stored wins.
         Ok(self.open.lock().await.entry(account.id.clone()).or_insert(engine).clone())
     }

@@ -266,7 +266,8 @@ fn lake_unavailable(e: duckpond_compactor::LakeError) -> ApiError {
     responses((status = 200, body = Vec<DatasetSummary>)))]
 pub async fn list(State(state): State<AppState>, auth: AuthedAccount) -> Result<Json<Vec<DatasetSummary>>, ApiError> {
     let engine = engine(&state, &auth).await?;
-    Ok(Json(engine.run(catalog::list).await.map_err(lake_unavailable)?))
+    let m = engine.metadata_tables().to_string();
+    Ok(Json(engine.run(move |c| catalog::list(c, &m)).await.map_err(lake_unavailable)?))
 }
 
 /// One dataset: schema, stats and snapshots.
@@ -279,9 +280,9 @@ pub async fn get(
 ) -> Result<Json<DatasetDetail>, ApiError> {
     let table = table_name(&name)?;
     let engine = engine(&state, &auth).await?;
-    let t = table.clone();
+    let (t, m) = (table.clone(), engine.metadata_tables().to_string());
     engine
-        .run(move |c| catalog::describe(c, &t))
+        .run(move |c| catalog::describe(c, &m, &t))
         .await
         .map_err(lake_unavailable)?
         .map(Json)
@@ -304,9 +305,9 @@ pub async fn preview(
         return Err(ApiError::BadRequest(format!("limit must be at most {PREVIEW_MAX_ROWS}")));
     }
     let engine = engine(&state, &auth).await?;
-    let t = table.clone();
+    let (t, m) = (table.clone(), engine.metadata_tables().to_string());
     engine
-        .run(move |c| catalog::preview(c, &t, limit))
+        .run(move |c| catalog::preview(c, &m, &t, limit))
         .await
         .map_err(lake_unavailable)?
         .map(Json)

@@ -1,0 +1,193 @@
+//! End-to-end ingest benchmark against the real daemon (`duckpond api
+//! serve`, WAL with fsync), each figure next to a reference measured in
+//! the same run on the same machine.
+//!
+//! 1. CSV upload -> Parquet, MB/s until the 2xx (body spooled and fsynced,
+//!    converted by DuckDB, staged file fsynced, record logged). Reference:
+//!    DuckDB's own `COPY (FROM read_csv(f)) TO 'f.parquet'` on the same file,
+//!    same thread count.
+//! 2. Arrow IPC streaming, rows/s and MB/s until the 2xx (every batch
+//!    fsynced in the WAL), narrow (3 columns) and wide (50 columns).
+//!    Reference: writing the same IPC bytes to a file and fdatasync.
+//!
+//! Run: `make bench-ingest` (needs DUCKPOND_TEST_EXTENSION_DIR).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+
+const CSV_ROWS: usize = 2_000_000;
+const NARROW_ROWS: usize = 10_000_000;
+const WIDE_ROWS: usize = 400_000;
+const BATCH_ROWS: usize = 65_536;
+const THREADS: u32 = 2;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let ext =
+        std::env::var("DUCKPOND_TEST_EXTENSION_DIR").expect("set DUCKPOND_TEST_EXTENSION_DIR (make bench-ingest)");
+    let tmp = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let (mut server, url, key) = start(tmp.path(), &ext);
+    let http = reqwest::blocking::Client::builder().timeout(None).build().unwrap();
+
+    // 1. CSV -> Parquet.
+    let csv = tmp.path().join("in.csv");
+    write_csv(&csv, CSV_ROWS);
+    let csv_mb = std::fs::metadata(&csv).unwrap().len() as f64 / 1e6;
+    let reference = duckdb_copy(&csv, &tmp.path().join("ref.parquet"));
+    let mut ours = Vec::new();
+    for i in 0..3 {
+        let t = Instant::now();
+        let f = std::fs::File::open(&csv).unwrap();
+        let len = f.metadata().unwrap().len();
+        let r = http
+            .post(format!("{url}/api/datasets/csv_{i}/upload"))
+            .header("X-API-Key", &key)
+            .header("Content-Type", "text/csv")
+            .body(reqwest::blocking::Body::sized(f, len))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+        ours.push(t.elapsed());
+    }
+    let best = ours.iter().min().unwrap().as_secs_f64();
+    println!(
+        "csv_upload: {csv_mb:.0} MB ({CSV_ROWS} rows): duckpond {:.1} MB/s (best of 3), duckdb COPY {:.1} MB/s, ratio {:.2}",
+        csv_mb / best,
+        csv_mb / reference.as_secs_f64(),
+        reference.as_secs_f64() / best
+    );
+
+    // 2. Arrow IPC.
+    for (label, cols, rows) in [("narrow", 3usize, NARROW_ROWS), ("wide", 50, WIDE_ROWS)] {
+        let ipc = ipc_stream(cols, rows);
+        let mb = ipc.len() as f64 / 1e6;
+        let raw = raw_disk(&tmp.path().join(format!("raw-{label}")), &ipc);
+        let t = Instant::now();
+        let r = http
+            .post(format!("{url}/api/stream/arrow/{label}"))
+            .header("X-API-Key", &key)
+            .header("Content-Type", "application/vnd.apache.arrow.stream")
+            .body(ipc)
+            .send()
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        assert!(r.status().is_success(), "{}", r.text().unwrap());
+        println!(
+            "arrow_{label}: {cols} columns, {rows} rows, {mb:.0} MB: {:.2}M rows/s, {:.0} MB/s acknowledged with fsync; \
+             raw write+fdatasync {:.0} MB/s; ratio {:.2}",
+            rows as f64 / secs / 1e6,
+            mb / secs,
+            mb / raw.as_secs_f64(),
+            raw.as_secs_f64() / secs
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+fn start(dir: &Path, ext: &str) -> (Child, String, String) {
+    let bin = env!("CARGO_BIN_EXE_duckpond");
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!(
+            "duckdb:\n  extension_directory: {ext}\n  threads: {THREADS}\nlimits:\n  max_file_size_mb: 2000\n  \
+             default_max_ingest_bytes_per_s: 0\nwal:\n  max_uncompacted_bytes: 4294967296\n"
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin).args(args).env("DUCKPOND_HOME", dir).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["db", "upgrade"]);
+    let v: serde_json::Value = serde_json::from_str(&run(&["account", "create", "bench", "--json"])).unwrap();
+    let key = v["api_key"].as_str().unwrap().to_string();
+    let mut child = Command::new(bin)
+        .args(["api", "serve", "--port", "0"])
+        .env("DUCKPOND_HOME", dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    while !line.contains("listening on") {
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    }
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    (child, url, key)
+}
+
+fn write_csv(path: &Path, rows: usize) {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(w, "id,ts,host,value,ok").unwrap();
+    for i in 0..rows {
+        writeln!(
+            w,
+            "{i},2026-11-24 00:{:02}:{:02},host-{},{},{}",
+            (i / 60) % 60,
+            i % 60,
+            i % 97,
+            i as f64 * 0.25,
+            i % 2 == 0
+        )
+        .unwrap();
+    }
+}
+
+fn duckdb_copy(csv: &Path, out: &Path) -> Duration {
+    let conn = duckdb::Connection::open_in_memory().unwrap();
+    conn.execute_batch(&format!("SET threads = {THREADS}")).unwrap();
+    let t = Instant::now();
+    conn.execute_batch(&format!("COPY (FROM read_csv('{}')) TO '{}' (FORMAT parquet)", csv.display(), out.display()))
+        .unwrap();
+    t.elapsed()
+}
+
+fn ipc_stream(cols: usize, rows: usize) -> Vec<u8> {
+    let mut fields = vec![Field::new("id", DataType::Int64, false)];
+    for c in 1..cols - 1 {
+        fields.push(Field::new(format!("v{c}"), DataType::Float64, true));
+    }
+    fields.push(Field::new("tag", DataType::Utf8, true));
+    let schema = Arc::new(Schema::new(fields));
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
+    let mut done = 0;
+    while done < rows {
+        let n = BATCH_ROWS.min(rows - done);
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values(done as i64..(done + n) as i64))];
+        for c in 1..cols - 1 {
+            arrays.push(Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i * c) as f64 * 0.5))));
+        }
+        arrays.push(Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("t{}", i % 100)))));
+        w.write(&RecordBatch::try_new(schema.clone(), arrays).unwrap()).unwrap();
+        done += n;
+    }
+    w.finish().unwrap();
+    drop(w);
+    out
+}
+
+fn raw_disk(path: &PathBuf, bytes: &[u8]) -> Duration {
+    let t = Instant::now();
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in bytes.chunks(4 << 20) {
+        f.write_all(chunk).unwrap();
+    }
+    f.sync_data().unwrap();
+    t.elapsed()
+}

@@ -42,9 +42,12 @@ fn main() {
     let csv = tmp.path().join("in.csv");
     write_csv(&csv, CSV_ROWS);
     let csv_mb = std::fs::metadata(&csv).unwrap().len() as f64 / 1e6;
-    let reference = duckdb_copy(&csv, &tmp.path().join("ref.parquet"));
+    let reference = (0..3).map(|_| duckdb_copy(&csv, &tmp.path().join("ref.parquet"))).min().unwrap();
     let mut ours = Vec::new();
     for i in 0..3 {
+        // Like the reference, each upload runs alone: the compactor has
+        // committed the previous one before the clock starts.
+        wait_drained(&http, &url, &key);
         let t = Instant::now();
         let f = std::fs::File::open(&csv).unwrap();
         let len = f.metadata().unwrap().len();
@@ -60,7 +63,7 @@ fn main() {
     }
     let best = ours.iter().min().unwrap().as_secs_f64();
     println!(
-        "csv_upload: {csv_mb:.0} MB ({CSV_ROWS} rows): duckpond {:.1} MB/s (best of 3), duckdb COPY {:.1} MB/s, ratio {:.2}",
+        "csv_upload: {csv_mb:.0} MB ({CSV_ROWS} rows): duckpond {:.1} MB/s, duckdb COPY {:.1} MB/s (best of 3 each), ratio {:.2}",
         csv_mb / best,
         csv_mb / reference.as_secs_f64(),
         reference.as_secs_f64() / best
@@ -69,6 +72,7 @@ fn main() {
     // 2. Arrow IPC.
     for (label, cols, rows) in [("narrow", 3usize, NARROW_ROWS), ("wide", 50, WIDE_ROWS)] {
         let ipc = ipc_stream(cols, rows);
+        wait_drained(&http, &url, &key);
         let mb = ipc.len() as f64 / 1e6;
         let raw = raw_disk(&tmp.path().join(format!("raw-{label}")), &ipc);
         let t = Instant::now();
@@ -92,6 +96,17 @@ fn main() {
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+fn wait_drained(http: &reqwest::blocking::Client, url: &str, key: &str) {
+    loop {
+        let me: serde_json::Value =
+            http.get(format!("{url}/api/account")).header("X-API-Key", key).send().unwrap().json().unwrap();
+        if me["usage"]["committed_lsn"] == me["usage"]["durable_lsn"] {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn start(dir: &Path, ext: &str) -> (Child, String, String) {

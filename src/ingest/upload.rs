@@ -251,7 +251,9 @@ const CSV_HEADER_PROBE_BYTES: usize = 64 * 1024;
 
 /// A DuckDB instance that can read the upload and write the staged file and
 /// nothing else: no other directory, no extension loading, no settings
-/// changes. Memory and threads as the account's engines.
+/// changes. Memory and threads as the account's engines. Insertion order is
+/// not preserved (rows of one upload may be reordered between DuckDB's
+/// threads): a table has no row order, and the parallel writer is faster.
 fn conversion_instance(src: &Path, dst: &Path, settings: &InstanceSettings) -> Result<duckdb::Connection, ApiError> {
     let dirs: Vec<String> = [src, dst]
         .iter()
@@ -268,7 +270,7 @@ fn conversion_instance(src: &Path, dst: &Path, settings: &InstanceSettings) -> R
     let conn = duckdb::Connection::open_in_memory_with_flags(config).map_err(|e| ApiError::Internal(e.into()))?;
     conn.execute_batch(&format!(
         "SET temp_directory = '{}'; SET allowed_directories = [{}]; SET enable_external_access = false; \
-         SET lock_configuration = true;",
+         SET preserve_insertion_order = false; SET lock_configuration = true;",
         temp.display().to_string().replace('\'', "''"),
         dirs.join(", ")
     ))

@@ -149,6 +149,7 @@ pub async fn upload(
     let layout = AccountLayout::new(&state.config.storage.local_path, &auth.account.id);
     let id = upload::new_file_id();
     let mut cleanup = Cleanup::default();
+    let started = std::time::Instant::now();
 
     let (spooled, format) = if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
         let mut mp = Multipart::from_request(req, &state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -209,6 +210,7 @@ pub async fn upload(
     let file = StagedFileName::from_hex_id(&id).map_err(|e| ApiError::Internal(e.into()))?;
     let staged = layout.staged_dir().join(file.as_str());
     cleanup.add(staged.clone());
+    let spooled_at = started.elapsed();
     let converted = {
         let _slot = state.conversions.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.into()))?;
         let (src, dst, settings) = (spooled.clone(), staged.clone(), state.instance_settings());
@@ -216,8 +218,16 @@ pub async fn upload(
             .await
             .map_err(|e| ApiError::Internal(e.into()))??
     };
+    let converted_at = started.elapsed();
     let records = upload::records(&table, params.mode, file, &converted)?;
     let range = pipeline.append(&records).await?;
+    tracing::info!(
+        table = %table, ?format, bytes = bytes_received, rows = converted.rows,
+        spool_ms = spooled_at.as_millis() as u64,
+        convert_ms = (converted_at - spooled_at).as_millis() as u64,
+        log_ms = (started.elapsed() - converted_at).as_millis() as u64,
+        "upload durable"
+    );
     // The log names the staged file now; the compactor owns it.
     cleanup.keep(&staged);
     drop(cleanup);

@@ -86,6 +86,17 @@ pub enum DatasetCommand {
     },
 }
 
+/// How `duckpond query` prints results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueryOutput {
+    /// A readable table.
+    Table,
+    /// The server's JSON.
+    Json,
+    /// CSV with a header.
+    Csv,
+}
+
 /// Streaming commands.
 #[derive(Debug, Subcommand)]
 pub enum StreamCommand {
@@ -361,3 +372,87 @@ pub async fn run_stream(home: &Home, command: StreamCommand) -> anyhow::Result<(
     })
     .await?
 }
+
+/// Runs `duckpond query`.
+pub async fn run_query(home: &Home, sql: String, format: QueryOutput, client: ClientArgs) -> anyhow::Result<()> {
+    let api = connect(home, &client).await?;
+    let account = client.account.clone();
+    tokio::task::spawn_blocking(move || {
+        check_account(&api, &account)?;
+        let req = serde_json::json!({"sql": sql, "format": if format == QueryOutput::Csv { "csv" } else { "json" }});
+        let res = api
+            .http
+            .post(api.url("/api/query"))
+            .header("X-API-Key", &api.key)
+            .json(&req)
+            .send()
+            .map_err(|e| unreachable_server(&api.base, e))?;
+        if format == QueryOutput::Csv {
+            if !res.status().is_success() {
+                reply(res)?;
+                return Ok(());
+            }
+            let mut res = res;
+            std::io::copy(&mut res, &mut std::io::stdout().lock())?;
+            return Ok(());
+        }
+        let v = reply(res)?;
+        if format == QueryOutput::Json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        print_table(&v);
+        Ok(())
+    })
+    .await?
+}
+
+/// A JSON query result as an aligned text table.
+fn print_table(v: &serde_json::Value) {
+    let names: Vec<String> =
+        v["columns"].as_array().into_iter().flatten().map(|c| c["name"].as_str().unwrap_or("").to_string()).collect();
+    let cell = |x: &serde_json::Value| match x {
+        serde_json::Value::Null => "NULL".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = v["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r.as_array().into_iter().flatten().map(cell).collect())
+        .collect();
+    let mut widths: Vec<usize> = names.iter().map(|n| n.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count()).min(QUERY_TABLE_MAX_CELL_CHARS);
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| {
+                let c: String = c.chars().take(*w).collect();
+                format!("{c:<w$}")
+            })
+            .collect();
+        println!("{}", parts.join(" | ").trim_end());
+    };
+    line(&names);
+    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-+-"));
+    for r in &rows {
+        line(r);
+    }
+    println!(
+        "({} row{}{}, snapshot {}, {} ms)",
+        v["row_count"],
+        if v["row_count"] == 1 { "" } else { "s" },
+        if v["truncated"] == true { ", truncated" } else { "" },
+        v["snapshot_id"],
+        v["elapsed_ms"]
+    );
+}
+
+/// Widest cell `duckpond query` prints in table form.
+pub const QUERY_TABLE_MAX_CELL_CHARS: usize = 60;

@@ -62,6 +62,16 @@ pub enum Command {
         #[command(subcommand)]
         command: data::DatasetCommand,
     },
+    /// Run one SQL query over the account's lake (against a running server).
+    Query {
+        /// The statement.
+        sql: String,
+        /// Output: table (default), json or csv.
+        #[arg(long, value_enum, default_value = "table")]
+        format: data::QueryOutput,
+        #[command(flatten)]
+        client: data::ClientArgs,
+    },
     /// Streaming ingest (against a running server).
     Stream {
         /// Subcommand.
@@ -80,6 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Account { command } => account::run(&home, command).await,
         Command::Dataset { command } => data::run_dataset(&home, command).await,
         Command::Stream { command } => data::run_stream(&home, command).await,
+        Command::Query { sql, format, client } => data::run_query(&home, sql, format, client).await,
     }
 }
 

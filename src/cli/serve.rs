@@ -11,6 +11,7 @@ use crate::accounts::AccountService;
 use crate::config::{FlagOverrides, Home};
 use crate::ingest::rate::IngestRate;
 use crate::pipelines::Pipelines;
+use crate::query::exec::Admission;
 use crate::query::Engines;
 use crate::server::{self, AppState};
 use crate::telemetry;
@@ -60,6 +61,7 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         engines,
         ingest_rate: Arc::new(IngestRate::default()),
         conversions,
+        admission: Arc::new(Admission::default()),
     };
     server::serve(state).await?;
     meta.close().await;

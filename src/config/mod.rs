@@ -343,6 +343,12 @@ pub struct LimitsConfig {
     pub max_concurrent_conversions: u32,
     /// Size of the log records an Arrow IPC stream is cut into.
     pub stream_record_target_bytes: u64,
+    /// A query running longer is interrupted (408).
+    pub query_timeout_ms: u64,
+    /// How long a query waits for a slot of its account before 429.
+    pub query_queue_timeout_ms: u64,
+    /// JSON query results stop (truncated) at this size.
+    pub max_json_result_bytes: u64,
     /// Default storage quota.
     pub default_max_storage_gb: u64,
     /// Default number of concurrent queries.
@@ -359,6 +365,9 @@ impl Default for LimitsConfig {
             max_file_size_mb: 500,
             max_concurrent_conversions: 2,
             stream_record_target_bytes: 4 * MIB,
+            query_timeout_ms: 30_000,
+            query_queue_timeout_ms: 2_000,
+            max_json_result_bytes: 64 * MIB,
             default_max_storage_gb: 10,
             default_max_concurrent_queries: 5,
             default_max_ingest_bytes_per_s: 100 * MIB,
@@ -513,6 +522,9 @@ impl Config {
             || self.limits.stream_record_target_bytes >= self.wal.max_record_bytes
         {
             return value("limits.stream_record_target_bytes", "must be positive and below wal.max_record_bytes");
+        }
+        if self.limits.query_timeout_ms == 0 {
+            return value("limits.query_timeout_ms", "must be at least 1");
         }
         if self.server.body_read_timeout_ms == 0 {
             return value("server.body_read_timeout_ms", "must be at least 1");

@@ -6,8 +6,24 @@
 //!   account.
 //! - [`catalog`]: what the dataset endpoints read (tables, stats, schema,
 //!   snapshots, previews).
+//! - [`guard`]: which SQL the query API accepts (one read statement, no
+//!   state-changing functions).
+//! - [`exec`]: running a query on a blocking thread and streaming its
+//!   batches back, with admission, deadline and cancellation.
+//! - [`render`]: results as exact JSON.
+//!
+//! Sandbox: each instance is opened with extension autoloading and
+//! autoinstall off, attaches the account's lake read-only, then sets
+//! `allowed_directories` to the account's own directory, turns external
+//! access off and locks the configuration, so no later statement can widen
+//! any of it. ../shared/notes/ducklake.md lists what these settings close;
+//! [`guard`] closes the rest (COPY TO the account's own directory,
+//! statements that change state).
 
 pub mod catalog;
+pub mod exec;
+pub mod guard;
+pub mod render;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,6 +47,15 @@ impl AccountEngine {
     /// account's PostgreSQL schema or the SQLite file's `main`).
     pub fn metadata_tables(&self) -> &str {
         &self.metadata_tables
+    }
+
+    /// A new connection to this instance.
+    pub fn connection(&self) -> Result<duckdb::Connection, LakeError> {
+        let conn =
+            self.base.lock().expect("engine lock").try_clone().map_err(LakeError::duckdb("opening a connection"))?;
+        // The default database is per connection.
+        conn.execute_batch(&format!("USE {LAKE_ALIAS}")).map_err(LakeError::duckdb("selecting the lake"))?;
+        Ok(conn)
     }
 
     /// Runs `f` on a connection of this instance, off the async runtime.
@@ -79,22 +104,55 @@ impl Engines {
         let layout = AccountLayout::new(&self.storage_root, &account.id);
         let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
         let metadata_tables = location.metadata_tables(LAKE_ALIAS);
-        let conn = tokio::task::spawn_blocking(move || {
-            let conn = ext.open_instance(&settings)?;
-            conn.execute_batch(&location.attach_sql(LAKE_ALIAS, true))
-                .map_err(LakeError::duckdb("attaching the account's DuckLake read-only"))?;
-            conn.execute_batch(&format!("USE {LAKE_ALIAS}")).map_err(LakeError::duckdb("selecting the lake"))?;
-            Ok::<_, LakeError>(conn)
-        })
-        .await
-        .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("opening the engine failed: {e}"))))?;
+        let root = layout.root().to_path_buf();
+        let attach = location.attach_sql(LAKE_ALIAS, true);
+        let conn = tokio::task::spawn_blocking(move || sandboxed(&ext, &settings, &attach, &root))
+            .await
+            .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("opening the engine failed: {e}"))))?;
         let engine = Arc::new(AccountEngine { base: Mutex::new(conn), metadata_tables });
         // Two first requests may both open one; the first stored wins.
         Ok(self.open.lock().await.entry(account.id.clone()).or_insert(engine).clone())
+    }
+
+    /// A fresh instance pinned to snapshot `version` (time travel by
+    /// `"snapshot": N`); not cached.
+    pub async fn at_snapshot(&self, account: &Account, version: i64) -> Result<Arc<AccountEngine>, LakeError> {
+        let layout = AccountLayout::new(&self.storage_root, &account.id);
+        let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
+        let metadata_tables = location.metadata_tables(LAKE_ALIAS);
+        let root = layout.root().to_path_buf();
+        let attach = location.attach_sql(LAKE_ALIAS, true);
+        let attach = format!("{}, SNAPSHOT_VERSION {version})", attach.trim_end_matches(')'));
+        let conn = tokio::task::spawn_blocking(move || sandboxed(&ext, &settings, &attach, &root))
+            .await
+            .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("opening the engine failed: {e}"))))?;
+        Ok(Arc::new(AccountEngine { base: Mutex::new(conn), metadata_tables }))
     }
 
     /// Closes the account's instance (before deleting it).
     pub async fn close(&self, id: &AccountId) {
         self.open.lock().await.remove(id);
     }
+}
+
+/// Opens an instance, attaches the lake with `attach`, and closes every
+/// door behind it (see the module docs). Blocking.
+fn sandboxed(
+    ext: &Extensions,
+    settings: &InstanceSettings,
+    attach: &str,
+    account_root: &std::path::Path,
+) -> Result<duckdb::Connection, LakeError> {
+    let conn = ext.open_instance(settings)?;
+    conn.execute_batch(attach).map_err(LakeError::duckdb("attaching the account's DuckLake read-only"))?;
+    conn.execute_batch(&format!("USE {LAKE_ALIAS}")).map_err(LakeError::duckdb("selecting the lake"))?;
+    let root = format!("{}/", account_root.display()).replace('\'', "''");
+    // Spill files go inside the account too: the default (`.tmp` in the
+    // daemon's directory) would be shared by every account and readable.
+    conn.execute_batch(&format!(
+        "SET temp_directory = '{root}.duckdb_tmp'; SET allowed_directories = ['{root}']; \
+         SET enable_external_access = false; SET lock_configuration = true;"
+    ))
+    .map_err(LakeError::duckdb("sandboxing the query engine"))?;
+    Ok(conn)
 }

@@ -29,6 +29,7 @@ use crate::accounts::AccountService;
 use crate::config::Config;
 use crate::ingest::rate::IngestRate;
 use crate::pipelines::Pipelines;
+use crate::query::exec::Admission;
 use crate::query::Engines;
 use duckpond_compactor::InstanceSettings;
 use tokio::sync::Semaphore;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub ingest_rate: Arc<IngestRate>,
     /// Upload conversions running at once.
     pub conversions: Arc<Semaphore>,
+    /// Per-account query slots.
+    pub admission: Arc<Admission>,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ pub fn router(state: AppState) -> Router {
     routes::routes()
         .route_layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .merge(routes::ingest_routes())
+        .merge(routes::query_routes())
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{account, admin, datasets, health, stream};
+use super::routes::{account, admin, datasets, health, query, stream};
 
 /// The document.
 #[derive(OpenApi)]
@@ -17,9 +17,10 @@ use super::routes::{account, admin, datasets, health, stream};
         admin::list_accounts, admin::create_account, admin::get_account, admin::update_account,
         admin::delete_account, admin::list_keys, admin::create_key, admin::revoke_key,
         datasets::upload, datasets::list, datasets::get, datasets::preview, datasets::delete, stream::arrow,
+        query::post_query, query::get_query,
     ),
     modifiers(&Security),
-    tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest")),
+    tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest"), (name = "query")),
 )]
 pub struct ApiDoc;
 

@@ -4,6 +4,7 @@ pub mod account;
 pub mod admin;
 pub mod datasets;
 pub mod health;
+pub mod query;
 pub mod stream;
 
 use axum::extract::DefaultBodyLimit;
@@ -32,6 +33,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/datasets", get(datasets::list))
         .route("/api/datasets/{name}", get(datasets::get).delete(datasets::delete))
         .route("/api/datasets/{name}/preview", get(datasets::preview))
+}
+
+/// Queries: their own deadline (`limits.query_timeout_ms`) instead of the
+/// request timeout, since downloads stream for as long as the result does.
+pub fn query_routes() -> Router<AppState> {
+    Router::new().route("/api/query", get(query::get_query).post(query::post_query))
 }
 
 /// Routes whose bodies are streamed: no whole-body limit (they enforce their

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # Installs (if missing) and starts the services the test suite talks to, all
-# on loopback: PostgreSQL 15 with a role that may create databases.
+# on loopback: PostgreSQL 15 with a role that may create databases, and the
+# Prometheus server binary (Debian's 2.42) that the remote-write tests run as
+# a real sender.
 set -euo pipefail
 
 need_apt=()
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 # Start the first PostgreSQL cluster on this machine (create one if none).

@@ -14,6 +14,10 @@ use tracing_subscriber::EnvFilter;
 pub const HTTP_REQUESTS_TOTAL: &str = "duckpond_http_requests_total";
 /// Histogram: HTTP request latency, by method and route template.
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "duckpond_http_request_duration_seconds";
+/// Prometheus samples and histograms written, per account.
+pub const PROMETHEUS_SAMPLES_TOTAL: &str = "duckpond_prometheus_samples_total";
+/// Prometheus samples, histograms and exemplars skipped as already stored.
+pub const PROMETHEUS_DUPLICATES_TOTAL: &str = "duckpond_prometheus_duplicates_total";
 
 const LATENCY_BUCKETS_SECONDS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -40,6 +44,8 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
+    metrics::describe_counter!(PROMETHEUS_SAMPLES_TOTAL, "Prometheus samples and histograms written");
+    metrics::describe_counter!(PROMETHEUS_DUPLICATES_TOTAL, "Prometheus samples skipped as already stored (resends)");
     metrics::describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, metrics::Unit::Seconds, "HTTP request latency");
 }
 

@@ -217,6 +217,14 @@ impl LakeWriter {
                     outcome.rows += f.rows;
                     outcome.bytes += f.bytes;
                 }
+                LogRecord::Command(c @ DatasetCommand::View { .. }) => {
+                    // A view may read any table: everything logged before
+                    // it goes in first.
+                    for (table, groups) in std::mem::take(&mut pending) {
+                        outcome.rows += self.insert_groups(&table, groups, scratch)?;
+                    }
+                    self.apply_command(c).map_err(|e| classify(*lsn, e))?;
+                }
                 LogRecord::Command(c) => {
                     if let Some(groups) = pending.remove(c.table()) {
                         outcome.rows += self.insert_groups(c.table(), groups, scratch)?;
@@ -314,6 +322,10 @@ impl LakeWriter {
     fn apply_command(&self, c: &DatasetCommand) -> Result<(), LakeError> {
         let target = format!("{LAKE_ALIAS}.main.{}", c.table().quoted());
         match c {
+            DatasetCommand::View { sql, .. } => self
+                .conn
+                .execute_batch(&format!("CREATE OR REPLACE VIEW {target} AS {sql}"))
+                .map_err(LakeError::duckdb("creating a view")),
             DatasetCommand::Drop { .. } => self
                 .conn
                 .execute_batch(&format!("DROP TABLE IF EXISTS {target}"))

@@ -62,6 +62,7 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         ingest_rate: Arc::new(IngestRate::default()),
         conversions,
         admission: Arc::new(Admission::default()),
+        prometheus: Arc::default(),
     };
     server::serve(state).await?;
     meta.close().await;

@@ -47,6 +47,33 @@ pub struct Config {
     pub wal: WalConfig,
     /// Each account's compactor (log -> DuckLake).
     pub compactor: CompactorConfig,
+    /// Prometheus remote write / read.
+    pub prometheus: PrometheusConfig,
+}
+
+/// `prometheus:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusConfig {
+    /// Largest snappy-compressed remote-write body.
+    pub max_compressed_bytes: u64,
+    /// Largest decoded remote-write body (the reference receiver's 32 MiB).
+    pub max_decoded_bytes: u64,
+    /// Most labels on one series.
+    pub max_labels_per_series: u32,
+    /// Longest label name or value.
+    pub max_label_bytes: u32,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        Self {
+            max_compressed_bytes: 16 * MIB,
+            max_decoded_bytes: 32 * MIB,
+            max_labels_per_series: 128,
+            max_label_bytes: 4096,
+        }
+    }
 }
 
 /// When a WAL append counts as durable.

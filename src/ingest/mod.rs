@@ -6,6 +6,8 @@
 //!   Parquet by DuckDB, and logged as a staged-file record.
 //! - [`arrow_stream`]: an Arrow IPC stream decoded incrementally and logged
 //!   in records of bounded size.
+//! - [`prometheus`]: remote write 1.0/2.0 decoded, validated, de-duplicated
+//!   and turned into the metrics tables.
 //! - [`rate`]: the per-account ingest rate (bytes/s).
 //!
 //! Nothing here writes the lake: a write is durable once its record is in
@@ -13,6 +15,7 @@
 
 pub mod arrow_stream;
 pub mod body;
+pub mod prometheus;
 pub mod rate;
 pub mod upload;
 

@@ -58,6 +58,8 @@ pub struct AppState {
     pub conversions: Arc<Semaphore>,
     /// Per-account query slots.
     pub admission: Arc<Admission>,
+    /// What each account has stored of its Prometheus series.
+    pub prometheus: Arc<routes::prometheus::PromStates>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .merge(routes::ingest_routes())
         .merge(routes::query_routes())
+        .merge(routes::prometheus_routes(state.config.prometheus.max_compressed_bytes))
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{account, admin, datasets, health, query, stream};
+use super::routes::{account, admin, datasets, health, prometheus, query, stream};
 
 /// The document.
 #[derive(OpenApi)]
@@ -17,10 +17,10 @@ use super::routes::{account, admin, datasets, health, query, stream};
         admin::list_accounts, admin::create_account, admin::get_account, admin::update_account,
         admin::delete_account, admin::list_keys, admin::create_key, admin::revoke_key,
         datasets::upload, datasets::list, datasets::get, datasets::preview, datasets::delete, stream::arrow,
-        query::post_query, query::get_query,
+        query::post_query, query::get_query, prometheus::write,
     ),
     modifiers(&Security),
-    tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest"), (name = "query")),
+    tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest"), (name = "query"), (name = "prometheus")),
 )]
 pub struct ApiDoc;
 

@@ -92,6 +92,7 @@ pub async fn delete_account(
     // Stop its compactor before its files go.
     state.pipelines.close(&account.id).await;
     state.engines.close(&account.id).await;
+    state.prometheus.forget(&account.id);
     state.accounts.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

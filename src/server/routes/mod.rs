@@ -4,6 +4,7 @@ pub mod account;
 pub mod admin;
 pub mod datasets;
 pub mod health;
+pub mod prometheus;
 pub mod query;
 pub mod stream;
 
@@ -39,6 +40,14 @@ pub fn routes() -> Router<AppState> {
 /// request timeout, since downloads stream for as long as the result does.
 pub fn query_routes() -> Router<AppState> {
     Router::new().route("/api/query", get(query::get_query).post(query::post_query))
+}
+
+/// Prometheus remote write: bodies up to `prometheus.max_compressed_bytes`.
+pub fn prometheus_routes(max_compressed_bytes: u64) -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/write", post(prometheus::write))
+        .route("/api/v1/push", post(prometheus::write))
+        .layer(DefaultBodyLimit::max(usize::try_from(max_compressed_bytes).unwrap_or(usize::MAX)))
 }
 
 /// Routes whose bodies are streamed: no whole-body limit (they enforce their

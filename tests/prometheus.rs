@@ -1,0 +1,361 @@
+//! Prometheus remote write end to end: synthetic 1.0 and 2.0 requests
+//! (samples, native histograms, exemplars, metadata, stale markers), resends,
+//! every kind of malformed body, and a real Prometheus server remote-writing
+//! to DuckPond whose stored values must equal what Prometheus itself answers.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{error_of, json_of, Backend, Server, TestEnv};
+use duckpond_schema::{prompb, prompb_v2};
+use prost::Message;
+use serde_json::{json, Value};
+
+const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+const V2_TYPE: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
+
+fn label(n: &str, v: &str) -> prompb::Label {
+    prompb::Label { name: n.into(), value: v.into() }
+}
+
+fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> prompb::TimeSeries {
+    prompb::TimeSeries {
+        labels: labels.iter().map(|(n, v)| label(n, v)).collect(),
+        samples: samples.iter().map(|&(timestamp, value)| prompb::Sample { value, timestamp }).collect(),
+        ..Default::default()
+    }
+}
+
+fn snappy(raw: &[u8]) -> Vec<u8> {
+    snap::raw::Encoder::new().compress_vec(raw).unwrap()
+}
+
+fn send(s: &Server, key: &str, ct: &str, body: Vec<u8>) -> reqwest::blocking::Response {
+    s.http
+        .post(s.url("/api/v1/write"))
+        .header("X-API-Key", key)
+        .header("Content-Type", ct)
+        .header("Content-Encoding", "snappy")
+        .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+        .body(body)
+        .send()
+        .unwrap()
+}
+
+fn query(s: &Server, key: &str, sql: &str) -> Vec<Value> {
+    let r = s.http.post(s.url("/api/query")).header("X-API-Key", key).json(&json!({"sql": sql})).send().unwrap();
+    json_of(r, 200)["rows"].as_array().unwrap().clone()
+}
+
+/// Waits until everything acknowledged is committed.
+fn drained(s: &Server, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let me = json_of(s.get("/api/account", Some(key)), 200);
+        if me["usage"]["committed_lsn"] == me["usage"]["durable_lsn"] {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never committed: {me}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn remote_write_v1_stores_samples_and_is_idempotent() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    let req = prompb::WriteRequest {
+        timeseries: vec![
+            series(
+                &[("__name__", "http_requests_total"), ("code", "200"), ("job", "api")],
+                &[(1_000, 1.0), (2_000, 5.0)],
+            ),
+            series(&[("__name__", "http_requests_total"), ("code", "500"), ("job", "api")], &[(1_000, 2.0)]),
+            series(&[("__name__", "up"), ("job", "api")], &[(1_000, 1.0), (2_000, f64::from_bits(STALE_NAN))]),
+        ],
+        metadata: vec![prompb::MetricMetadata {
+            r#type: prompb::metric_metadata::MetricType::Counter as i32,
+            metric_family_name: "http_requests_total".into(),
+            help: "Requests.".into(),
+            unit: "".into(),
+        }],
+    };
+    let body = snappy(&req.encode_to_vec());
+    let r = send(&s, &key, "application/x-protobuf", body.clone());
+    assert_eq!(r.status(), 204, "{}", r.text().unwrap());
+    // A resend (Prometheus retries after a timeout) stores nothing twice.
+    assert_eq!(send(&s, &key, "application/x-protobuf", body).status(), 204);
+    drained(&s, &key);
+    let rows = query(
+        &s,
+        &key,
+        "SELECT metric_name, labels['code'], epoch_ms(\"timestamp\"), value FROM prometheus_samples ORDER BY 1, 2, 3",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            json!(["http_requests_total", "200", 1000, 1.0]),
+            json!(["http_requests_total", "200", 2000, 5.0]),
+            json!(["http_requests_total", "500", 1000, 2.0]),
+            json!(["up", null, 1000, 1.0]),
+        ]
+    );
+    // The stale marker is stored (flagged), not dropped.
+    let stale = query(&s, &key, "SELECT count(*) FROM prom_samples WHERE stale AND isnan(value)");
+    assert_eq!(stale[0][0], 1);
+    let meta = query(&s, &key, "SELECT metric_family_name, type, help FROM prom_metadata");
+    assert_eq!(meta[0], json!(["http_requests_total", "counter", "Requests."]));
+    // The documented example queries (README) run and give the right answers.
+    let rate = query(
+        &s,
+        &key,
+        "WITH d AS (SELECT metric_name, labels, \"timestamp\", value, \
+        value - lag(value) OVER (PARTITION BY metric_name, labels ORDER BY \"timestamp\") AS delta \
+        FROM prometheus_samples WHERE metric_name = 'http_requests_total') \
+        SELECT labels['code'], sum(CASE WHEN delta < 0 THEN value ELSE delta END) / 1.0 AS per_second \
+        FROM d GROUP BY ALL ORDER BY 1",
+    );
+    assert_eq!(rate, vec![json!(["200", 4.0]), json!(["500", null])]);
+    let top = query(
+        &s,
+        &key,
+        "SELECT labels['code'], arg_max(value, \"timestamp\") AS latest FROM prometheus_samples \
+        WHERE metric_name = 'http_requests_total' GROUP BY ALL ORDER BY latest DESC LIMIT 1",
+    );
+    assert_eq!(top, vec![json!(["200", 5.0])]);
+    let down = query(
+        &s,
+        &key,
+        "SELECT time_bucket(INTERVAL 1 MINUTE, \"timestamp\") AS minute, avg(value) \
+        FROM prometheus_samples WHERE metric_name = 'http_requests_total' GROUP BY ALL",
+    );
+    assert_eq!(down, vec![json!(["1970-01-01T00:00:00", 8.0 / 3.0])]);
+    // One series row per series, however often it is written.
+    assert_eq!(query(&s, &key, "SELECT count(*), count(DISTINCT series_id) FROM prom_series")[0], json!([3, 3]));
+    // Alias path and the three auth forms Prometheus can send.
+    for (i, auth) in ["x-api-key", "bearer", "basic"].iter().enumerate() {
+        let req = prompb::WriteRequest {
+            timeseries: vec![series(&[("__name__", "up"), ("job", "api")], &[(3_000 + i as i64, 1.0)])],
+            metadata: vec![],
+        };
+        let mut b = s
+            .http
+            .post(s.url("/api/v1/push"))
+            .header("Content-Type", "application/x-protobuf")
+            .header("Content-Encoding", "snappy")
+            .body(snappy(&req.encode_to_vec()));
+        b = match *auth {
+            "x-api-key" => b.header("X-API-Key", &key),
+            "bearer" => b.bearer_auth(&key),
+            _ => b.basic_auth("prometheus", Some(&key)),
+        };
+        assert_eq!(b.send().unwrap().status(), 204, "{auth}");
+    }
+    let r = s
+        .http
+        .post(s.url("/api/v1/write"))
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .body(Vec::<u8>::new())
+        .send()
+        .unwrap();
+    error_of(r, 401, "unauthorized");
+}
+
+#[test]
+fn remote_write_v2_histograms_exemplars_metadata() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    let symbols: Vec<String> =
+        ["", "__name__", "rpc_duration_seconds", "job", "api", "trace_id", "abc123", "Latency.", "seconds"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+    let req = prompb_v2::Request {
+        symbols,
+        timeseries: vec![
+            prompb_v2::TimeSeries {
+                labels_refs: vec![1, 2, 3, 4],
+                samples: vec![prompb_v2::Sample { value: 0.25, timestamp: 5_000 }],
+                exemplars: vec![prompb_v2::Exemplar { labels_refs: vec![5, 6], value: 0.3, timestamp: 5_000 }],
+                metadata: Some(prompb_v2::Metadata { r#type: 3, help_ref: 7, unit_ref: 8 }),
+                ..Default::default()
+            },
+            prompb_v2::TimeSeries {
+                labels_refs: vec![1, 2, 3, 6],
+                histograms: vec![prompb_v2::Histogram {
+                    count: Some(prompb_v2::histogram::Count::CountInt(10)),
+                    sum: 12.5,
+                    schema: 3,
+                    zero_threshold: 1e-128,
+                    zero_count: Some(prompb_v2::histogram::ZeroCount::ZeroCountInt(1)),
+                    positive_spans: vec![prompb_v2::BucketSpan { offset: -2, length: 3 }],
+                    positive_deltas: vec![2, 3, -1],
+                    reset_hint: 2,
+                    timestamp: 5_000,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ],
+    };
+    let r = send(&s, &key, V2_TYPE, snappy(&req.encode_to_vec()));
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["x-prometheus-remote-write-samples-written"], "1");
+    assert_eq!(r.headers()["x-prometheus-remote-write-histograms-written"], "1");
+    assert_eq!(r.headers()["x-prometheus-remote-write-exemplars-written"], "1");
+    // Resent: nothing more is written, and the headers say so.
+    let r = send(&s, &key, V2_TYPE, snappy(&req.encode_to_vec()));
+    assert_eq!(r.headers()["x-prometheus-remote-write-samples-written"], "0");
+    drained(&s, &key);
+    let h = query(&s, &key, "SELECT count_int, sum, schema, zero_count_int, positive_span_offsets, positive_span_lengths, positive_deltas, reset_hint FROM prom_histograms");
+    assert_eq!(h, vec![json!([10, 12.5, 3, 1, [-2], [3], [2, 3, -1], 2])]);
+    let e = query(&s, &key, "SELECT value, labels['trace_id'] FROM prom_exemplars");
+    assert_eq!(e, vec![json!([0.3, "abc123"])]);
+    let m = query(&s, &key, "SELECT metric_family_name, type, help, unit FROM prom_metadata");
+    assert_eq!(m, vec![json!(["rpc_duration_seconds", "histogram", "Latency.", "seconds"])]);
+    // Failure responses carry the headers too.
+    let r = send(&s, &key, V2_TYPE, snappy(b"\x0a\x05junk"));
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-prometheus-remote-write-samples-written"], "0");
+}
+
+/// Every malformed body gets 400 (or 413/415) and stores nothing.
+#[test]
+fn malformed_remote_writes_store_nothing() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.write_config("prometheus:\n  max_decoded_bytes: 100000\n  max_labels_per_series: 16\n");
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    let v1 = |ts: Vec<prompb::TimeSeries>| {
+        snappy(&prompb::WriteRequest { timeseries: ts, metadata: vec![] }.encode_to_vec())
+    };
+    let many: Vec<(String, String)> = (0..40).map(|i| (format!("l{i:02}"), "v".to_string())).collect();
+    let many_refs: Vec<(&str, &str)> =
+        std::iter::once(("__name__", "m")).chain(many.iter().map(|(a, b)| (a.as_str(), b.as_str()))).collect();
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("bad snappy", b"definitely not snappy".to_vec()),
+        ("bad protobuf", snappy(b"\xff\xff\xff\xff\xff\xff")),
+        ("unsorted labels", v1(vec![series(&[("job", "a"), ("__name__", "m")], &[(1, 1.0)])])),
+        ("duplicate labels", v1(vec![series(&[("__name__", "m"), ("a", "1"), ("a", "2")], &[(1, 1.0)])])),
+        ("empty label name", v1(vec![series(&[("", "x"), ("__name__", "m")], &[(1, 1.0)])])),
+        ("empty label value", v1(vec![series(&[("__name__", "m"), ("a", "")], &[(1, 1.0)])])),
+        ("no metric name", v1(vec![series(&[("job", "a")], &[(1, 1.0)])])),
+        ("absurd label count", v1(vec![series(&many_refs, &[(1, 1.0)])])),
+        ("samples out of order", v1(vec![series(&[("__name__", "m")], &[(2, 1.0), (1, 1.0)])])),
+    ];
+    for (what, body) in bad {
+        let r = send(&s, &key, "application/x-protobuf", body);
+        assert_eq!(r.status(), 400, "{what}: {}", r.text().unwrap());
+    }
+    // One good series next to a bad one: the whole request is refused.
+    let mixed = v1(vec![series(&[("__name__", "ok")], &[(1, 1.0)]), series(&[("job", "x")], &[(1, 1.0)])]);
+    assert_eq!(send(&s, &key, "application/x-protobuf", mixed).status(), 400);
+    let huge = v1(vec![series(&[("__name__", "m")], &(0..20_000).map(|i| (i, 1.0)).collect::<Vec<_>>())]);
+    error_of(send(&s, &key, "application/x-protobuf", huge), 413, "payload_too_large");
+    error_of(send(&s, &key, "application/json", b"{}".to_vec()), 415, "unsupported_media_type");
+    error_of(send(&s, &key, "application/x-protobuf;proto=some.Other", vec![]), 415, "unsupported_media_type");
+    let r = s
+        .http
+        .post(s.url("/api/v1/write"))
+        .header("X-API-Key", &key)
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "gzip")
+        .body(vec![1u8, 2, 3])
+        .send()
+        .unwrap();
+    error_of(r, 415, "unsupported_media_type");
+    let me = json_of(s.get("/api/account", Some(&key)), 200);
+    assert_eq!(me["usage"]["durable_lsn"], 0, "something was logged: {me}");
+}
+
+struct Prom {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prom {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_prometheus(duckpond: &Server, key: &str) -> Prom {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: prometheus\n    \
+         static_configs:\n      - targets: ['127.0.0.1:{port}']\nremote_write:\n  - url: {}/api/v1/write\n    \
+         authorization:\n      credentials: {key}\n    queue_config:\n      batch_send_deadline: 1s\n",
+        duckpond.url
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the prometheus binary (Debian package `prometheus`, installed by .ci/services.sh)");
+    Prom { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+}
+
+/// A real Prometheus scrapes itself and remote-writes to DuckPond; the
+/// values stored equal what its own query API returns at the same instants.
+#[test]
+fn real_prometheus_remote_write_matches_its_own_answers() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    let prom = start_prometheus(&s, &key);
+    let http = reqwest::blocking::Client::new();
+    // A metric with exactly one series per instance.
+    let metric = "prometheus_tsdb_head_series";
+    // Wait for a few scrapes to arrive.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let n = query(
+            &s,
+            &key,
+            "SELECT count(*) FROM (SELECT 1 FROM information_schema.tables WHERE table_name = 'prometheus_samples') t",
+        );
+        if n[0][0] == 1 {
+            let c = query(&s, &key, &format!("SELECT count(*) FROM prometheus_samples WHERE metric_name = '{metric}'"));
+            if c[0][0].as_i64().unwrap_or(0) >= 5 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no samples from Prometheus arrived");
+    }
+    let ours = query(
+        &s,
+        &key,
+        &format!(
+            "SELECT epoch_ms(\"timestamp\"), value, labels['instance'] FROM prometheus_samples \
+         WHERE metric_name = '{metric}' ORDER BY 1 LIMIT 5"
+        ),
+    );
+    for row in ours {
+        let (ts_ms, value) = (row[0].as_i64().unwrap(), row[1].as_f64().unwrap());
+        let url =
+            format!("{}/api/v1/query?query={metric}{{job=%22prometheus%22}}&time={}", prom.url, ts_ms as f64 / 1000.0);
+        let v: Value = http.get(&url).send().unwrap().json().unwrap();
+        let result = &v["data"]["result"][0]["value"];
+        assert_eq!(result[0].as_f64().unwrap(), ts_ms as f64 / 1000.0, "{v}");
+        let theirs: f64 = result[1].as_str().unwrap().parse().unwrap();
+        assert_eq!(theirs, value, "at {ts_ms}: {v}");
+        assert!(row[2].as_str().unwrap().starts_with("127.0.0.1:"), "{row}");
+    }
+}

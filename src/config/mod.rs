@@ -63,6 +63,8 @@ pub struct PrometheusConfig {
     pub max_labels_per_series: u32,
     /// Longest label name or value.
     pub max_label_bytes: u32,
+    /// Most samples one remote-read query returns (400 beyond).
+    pub max_read_samples: u64,
 }
 
 impl Default for PrometheusConfig {
@@ -72,6 +74,7 @@ impl Default for PrometheusConfig {
             max_decoded_bytes: 32 * MIB,
             max_labels_per_series: 128,
             max_label_bytes: 4096,
+            max_read_samples: 5_000_000,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`exec`]: running a query on a blocking thread and streaming its
 //!   batches back, with admission, deadline and cancellation.
 //! - [`render`]: results as exact JSON.
+//! - [`prometheus`]: Prometheus remote read over the metrics tables.
 //!
 //! Sandbox: each instance is opened with extension autoloading and
 //! autoinstall off, attaches the account's lake read-only, then sets
@@ -23,6 +24,7 @@
 pub mod catalog;
 pub mod exec;
 pub mod guard;
+pub mod prometheus;
 pub mod render;
 
 use std::collections::HashMap;
@@ -64,8 +66,7 @@ impl AccountEngine {
         F: FnOnce(&duckdb::Connection) -> Result<T, LakeError> + Send + 'static,
         T: Send + 'static,
     {
-        let conn =
-            self.base.lock().expect("engine lock").try_clone().map_err(LakeError::duckdb("opening a connection"))?;
+        let conn = self.connection()?;
         tokio::task::spawn_blocking(move || f(&conn))
             .await
             .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("query task failed: {e}"))))

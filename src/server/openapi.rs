@@ -17,7 +17,7 @@ use super::routes::{account, admin, datasets, health, prometheus, query, stream}
         admin::list_accounts, admin::create_account, admin::get_account, admin::update_account,
         admin::delete_account, admin::list_keys, admin::create_key, admin::revoke_key,
         datasets::upload, datasets::list, datasets::get, datasets::preview, datasets::delete, stream::arrow,
-        query::post_query, query::get_query, prometheus::write,
+        query::post_query, query::get_query, prometheus::write, prometheus::read,
     ),
     modifiers(&Security),
     tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest"), (name = "query"), (name = "prometheus")),

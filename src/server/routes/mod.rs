@@ -47,6 +47,7 @@ pub fn prometheus_routes(max_compressed_bytes: u64) -> Router<AppState> {
     Router::new()
         .route("/api/v1/write", post(prometheus::write))
         .route("/api/v1/push", post(prometheus::write))
+        .route("/api/v1/read", post(prometheus::read))
         .layer(DefaultBodyLimit::max(usize::try_from(max_compressed_bytes).unwrap_or(usize::MAX)))
 }
 

@@ -239,3 +239,76 @@ async fn load(
             retry_after_s: 5,
         })
 }
+
+/// Prometheus remote read, SAMPLES response type: what a Prometheus server
+/// with `remote_read` pointed here gets back for its selectors.
+#[utoipa::path(post, path = "/api/v1/read", tag = "prometheus", security(("api_key" = [])),
+    request_body(content = Vec<u8>, content_type = "application/x-protobuf"),
+    responses((status = 200, content_type = "application/x-protobuf"), (status = 400, body = crate::server::error::ErrorBody),
+        (status = 415, body = crate::server::error::ErrorBody)))]
+pub async fn read(
+    State(state): State<AppState>,
+    auth: AuthedAccount,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use duckpond_schema::prompb;
+    use prost::Message;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-protobuf")
+        || !encoding.eq_ignore_ascii_case("snappy")
+    {
+        return Err(ApiError::UnsupportedMediaType(
+            "remote read takes a snappy-compressed application/x-protobuf ReadRequest".into(),
+        ));
+    }
+    let cfg = &state.config.prometheus;
+    let len = snap::raw::decompress_len(&body).map_err(|e| ApiError::BadRequest(format!("bad snappy body: {e}")))?;
+    if len as u64 > cfg.max_decoded_bytes {
+        return Err(ApiError::PayloadTooLarge(format!("decoded body over {} bytes", cfg.max_decoded_bytes)));
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&body)
+        .map_err(|e| ApiError::BadRequest(format!("bad snappy body: {e}")))?;
+    let req = prompb::ReadRequest::decode(raw.as_slice())
+        .map_err(|e| ApiError::BadRequest(format!("not a prometheus.ReadRequest: {e}")))?;
+    let samples = prompb::read_request::ResponseType::Samples as i32;
+    if !req.accepted_response_types.is_empty() && !req.accepted_response_types.contains(&samples) {
+        return Err(ApiError::BadRequest(
+            "only the SAMPLES response type is implemented; accept it in the request".into(),
+        ));
+    }
+    let pipeline = state.pipelines.get(&auth.account).await?;
+    let exists = [prom::SAMPLES_TABLE, prom::SERIES_TABLE]
+        .iter()
+        .all(|t| pipeline.table_schema(&TableName::parse(t).expect("valid")).is_some());
+    let engine = state.engines.get(&auth.account).await.map_err(|e| ApiError::Unavailable {
+        message: format!("the account's lake cannot be read: {e}"),
+        retry_after_s: 2,
+    })?;
+    let max = cfg.max_read_samples;
+    let results = engine
+        .run(move |c| {
+            Ok(req
+                .queries
+                .iter()
+                .map(|q| crate::query::prometheus::read(c, q, max, exists))
+                .collect::<Result<Vec<_>, _>>())
+        })
+        .await
+        .map_err(|e| ApiError::Unavailable { message: format!("remote read failed: {e}"), retry_after_s: 2 })?
+        .map_err(|e| match e {
+            crate::query::prometheus::ReadError::Lake(l) => {
+                tracing::error!(error = %l, "remote read failed");
+                ApiError::Unavailable { message: "remote read failed; see the server log".into(), retry_after_s: 2 }
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        })?;
+    let out = prompb::ReadResponse { results }.encode_to_vec();
+    let body = snap::raw::Encoder::new().compress_vec(&out).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut res = (StatusCode::OK, body).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+    res.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+    Ok(res)
+}

@@ -496,3 +496,16 @@ fn resend_after_restart_stores_nothing_twice() {
     assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_series")[0][0], 1);
     assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_metadata")[0][0], 1);
 }
+
+#[test]
+fn cli_prometheus_test_passes() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.create_account("acme");
+    let s = env.serve();
+    let out = env.ok(&["stream", "prometheus-test", "--account", "acme", "--server", s.url.as_str()]);
+    assert_eq!(out.matches("PASS").count(), 4, "{out}");
+    assert!(out.contains("all checks passed") && !out.contains("FAIL"), "{out}");
+    // Run twice: the second run's samples are new (another run id), none lost.
+    let out = env.ok(&["stream", "prometheus-test", "--account", "acme", "--server", s.url.as_str()]);
+    assert!(out.contains("all checks passed"), "{out}");
+}

@@ -110,16 +110,22 @@ pub enum StreamCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Send synthetic remote-write 1.0 and 2.0 requests, read them back
+    /// (SQL and remote read), print PASS or FAIL per check.
+    PrometheusTest {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
-struct Api {
-    http: Client,
-    base: String,
-    key: String,
+pub(super) struct Api {
+    pub(super) http: Client,
+    pub(super) base: String,
+    pub(super) key: String,
 }
 
 impl Api {
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base.trim_end_matches('/'))
     }
 
@@ -153,7 +159,7 @@ fn reply(res: Response) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Resolves server and key, issuing a CLI key if needed.
-async fn connect(home: &Home, c: &ClientArgs) -> anyhow::Result<Api> {
+pub(super) async fn connect(home: &Home, c: &ClientArgs) -> anyhow::Result<Api> {
     let config = Config::load(home, &FlagOverrides::default())?;
     let base = c.server.clone().unwrap_or_else(|| format!("http://{}:{}", config.server.host, config.server.port));
     let key = match &c.api_key {
@@ -196,7 +202,7 @@ fn save_key(path: &Path, key: &str) -> anyhow::Result<()> {
 
 /// Checks the key belongs to `--account` (a key of another account would
 /// write somewhere unexpected).
-fn check_account(api: &Api, account: &str) -> anyhow::Result<()> {
+pub(super) fn check_account(api: &Api, account: &str) -> anyhow::Result<()> {
     let me = api.send(api.http.get(api.url("/api/account")))?;
     if me["name"] != account {
         bail!("the API key belongs to account {}, not {account}", me["name"]);
@@ -341,7 +347,10 @@ fn sanitize(stem: &str) -> String {
 
 /// Runs a stream command.
 pub async fn run_stream(home: &Home, command: StreamCommand) -> anyhow::Result<()> {
-    let StreamCommand::Arrow { table, file, client } = command;
+    let (table, file, client) = match command {
+        StreamCommand::Arrow { table, file, client } => (table, file, client),
+        StreamCommand::PrometheusTest { client } => return super::promtest::run(home, client).await,
+    };
     let api = connect(home, &client).await?;
     let (account, json) = (client.account.clone(), client.json);
     tokio::task::spawn_blocking(move || {

@@ -4,6 +4,7 @@
 mod account;
 mod data;
 mod db;
+mod promtest;
 mod serve;
 
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ TEST_POSTGRES_URL ?= postgresql://duckpond_test:duckpond_test@127.0.0.1:5432/duc
 TEST_PYTHON ?= $(HOME)/.cache/duckpond/venv/bin/python
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 
-.PHONY: run test build extensions services fmt lint bench-wal bench-compactor bench-ingest proto
+.PHONY: run test build extensions services fmt lint bench-wal bench-compactor bench-ingest bench-prometheus proto
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -51,6 +51,11 @@ bench-compactor:
 bench-ingest:
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench ingest
+
+## Prometheus remote-write samples/s next to Prometheus's own receiver, and bytes/sample (docs/BENCHMARKS.md).
+bench-prometheus:
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench prometheus
 
 ## Regenerate schema/src/generated/ from schema/proto/ (needs protoc).
 proto:

@@ -25,6 +25,10 @@ use crate::lake::{sql_string, CatalogLocation, Extensions, InstanceSettings, Lak
 pub const LAKE_ALIAS: &str = "lake";
 /// Key of the committed LSN in a snapshot's commit extra info (JSON).
 pub const LSN_KEY: &str = "duckpond_lsn";
+/// Compression of the lake's Parquet files.
+pub const PARQUET_COMPRESSION: &str = "zstd";
+/// Parquet format version of the lake's files (2: delta encodings).
+pub const PARQUET_VERSION: &str = "2";
 /// Author recorded in DuckLake snapshots written by the compactor.
 pub const COMMIT_AUTHOR: &str = "duckpond-compactor";
 
@@ -100,6 +104,15 @@ impl LakeWriter {
         let attach = location.attach_sql(LAKE_ALIAS, false);
         let attach = format!("{}, DATA_INLINING_ROW_LIMIT 0)", attach.trim_end_matches(')'));
         conn.execute_batch(&attach).map_err(LakeError::duckdb("attaching the account's DuckLake"))?;
+        // zstd and Parquet 2 (delta encodings): about half the bytes of the
+        // defaults (snappy, Parquet 1) on metrics-like data (6.9 -> 3.5
+        // bytes per sample measured); kept in the catalog, so every writer
+        // of this lake (including maintenance rewrites) uses them.
+        conn.execute_batch(&format!(
+            "CALL {LAKE_ALIAS}.set_option('parquet_compression', '{PARQUET_COMPRESSION}'); \
+             CALL {LAKE_ALIAS}.set_option('parquet_version', '{PARQUET_VERSION}');"
+        ))
+        .map_err(LakeError::duckdb("setting the lake's Parquet options"))?;
         Ok(Self { conn, scratch_dir: scratch_dir.to_path_buf(), staged_dir: staged_dir.to_path_buf() })
     }
 

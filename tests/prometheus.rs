@@ -290,16 +290,12 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start_prometheus(duckpond: &Server, key: &str) -> Prom {
+/// Starts a real Prometheus on a free loopback port with `config` (its
+/// own address is substituted for `{self}`).
+fn start_prometheus(config: &str) -> Prom {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: prometheus\n    \
-         static_configs:\n      - targets: ['127.0.0.1:{port}']\nremote_write:\n  - url: {}/api/v1/write\n    \
-         authorization:\n      credentials: {key}\n    queue_config:\n      batch_send_deadline: 1s\n",
-        duckpond.url
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    std::fs::write(dir.path().join("prometheus.yml"), config.replace("{self}", &format!("127.0.0.1:{port}"))).unwrap();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
@@ -318,7 +314,12 @@ fn real_prometheus_remote_write_matches_its_own_answers() {
     let env = TestEnv::migrated(Backend::Sqlite);
     let (_, key) = env.create_account("acme");
     let s = env.serve();
-    let prom = start_prometheus(&s, &key);
+    let prom = start_prometheus(&format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: prometheus\n    \
+         static_configs:\n      - targets: ['{{self}}']\nremote_write:\n  - url: {}/api/v1/write\n    \
+         authorization:\n      credentials: {key}\n    queue_config:\n      batch_send_deadline: 1s\n",
+        s.url
+    ));
     let http = reqwest::blocking::Client::new();
     // A metric with exactly one series per instance.
     let metric = "prometheus_tsdb_head_series";
@@ -427,26 +428,11 @@ fn remote_read_returns_what_was_written() {
     error_of(r, 400, "bad_request");
 
     // A real Prometheus (no local data for this metric) reads it through us.
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("p.yml"),
-        format!(
-            "global:\n  scrape_interval: 1h\nremote_read:\n  - url: {}/api/v1/read\n    read_recent: true\n    \
-             authorization:\n      credentials: {key}\n",
-            s.url
-        ),
-    )
-    .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.path().join("p.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let prom = Prom { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+    let prom = start_prometheus(&format!(
+        "global:\n  scrape_interval: 1h\nremote_read:\n  - url: {}/api/v1/read\n    read_recent: true\n    \
+         authorization:\n      credentials: {key}\n",
+        s.url
+    ));
     let http = reqwest::blocking::Client::new();
     let at = (t0 + 20_000) as f64 / 1000.0;
     let url = format!("{}/api/v1/query?query=duckpond_only_total{{env=%22prod%22}}&time={at}", prom.url);

@@ -342,73 +342,45 @@ fn from_v2(req: prompb_v2::Request, limits: &Limits) -> Result<Decoded, PromErro
     Ok(out)
 }
 
-fn hist_v1(h: prompb::Histogram) -> Hist {
-    use prompb::histogram::{Count, ZeroCount};
-    Hist {
-        timestamp_ms: h.timestamp,
-        count_int: match h.count {
-            Some(Count::CountInt(c)) => Some(c),
-            _ => None,
-        },
-        count_float: match h.count {
-            Some(Count::CountFloat(c)) => Some(c),
-            _ => None,
-        },
-        sum: h.sum,
-        schema: h.schema,
-        zero_threshold: h.zero_threshold,
-        zero_count_int: match h.zero_count {
-            Some(ZeroCount::ZeroCountInt(c)) => Some(c),
-            _ => None,
-        },
-        zero_count_float: match h.zero_count {
-            Some(ZeroCount::ZeroCountFloat(c)) => Some(c),
-            _ => None,
-        },
-        negative_spans: h.negative_spans.iter().map(|s| (s.offset, s.length)).collect(),
-        negative_deltas: h.negative_deltas,
-        negative_counts: h.negative_counts,
-        positive_spans: h.positive_spans.iter().map(|s| (s.offset, s.length)).collect(),
-        positive_deltas: h.positive_deltas,
-        positive_counts: h.positive_counts,
-        reset_hint: h.reset_hint,
-        custom_values: h.custom_values,
-    }
+/// The 1.0 and 2.0 histograms are the same message in two packages.
+macro_rules! hist_from {
+    ($name:ident, $msg:ty, $module:ident) => {
+        fn $name(h: $msg) -> Hist {
+            use $module::histogram::{Count, ZeroCount};
+            let (count_int, count_float) = match h.count {
+                Some(Count::CountInt(c)) => (Some(c), None),
+                Some(Count::CountFloat(c)) => (None, Some(c)),
+                None => (None, None),
+            };
+            let (zero_count_int, zero_count_float) = match h.zero_count {
+                Some(ZeroCount::ZeroCountInt(c)) => (Some(c), None),
+                Some(ZeroCount::ZeroCountFloat(c)) => (None, Some(c)),
+                None => (None, None),
+            };
+            Hist {
+                timestamp_ms: h.timestamp,
+                count_int,
+                count_float,
+                sum: h.sum,
+                schema: h.schema,
+                zero_threshold: h.zero_threshold,
+                zero_count_int,
+                zero_count_float,
+                negative_spans: h.negative_spans.iter().map(|s| (s.offset, s.length)).collect(),
+                negative_deltas: h.negative_deltas,
+                negative_counts: h.negative_counts,
+                positive_spans: h.positive_spans.iter().map(|s| (s.offset, s.length)).collect(),
+                positive_deltas: h.positive_deltas,
+                positive_counts: h.positive_counts,
+                reset_hint: h.reset_hint,
+                custom_values: h.custom_values,
+            }
+        }
+    };
 }
 
-fn hist_v2(h: prompb_v2::Histogram) -> Hist {
-    use prompb_v2::histogram::{Count, ZeroCount};
-    Hist {
-        timestamp_ms: h.timestamp,
-        count_int: match h.count {
-            Some(Count::CountInt(c)) => Some(c),
-            _ => None,
-        },
-        count_float: match h.count {
-            Some(Count::CountFloat(c)) => Some(c),
-            _ => None,
-        },
-        sum: h.sum,
-        schema: h.schema,
-        zero_threshold: h.zero_threshold,
-        zero_count_int: match h.zero_count {
-            Some(ZeroCount::ZeroCountInt(c)) => Some(c),
-            _ => None,
-        },
-        zero_count_float: match h.zero_count {
-            Some(ZeroCount::ZeroCountFloat(c)) => Some(c),
-            _ => None,
-        },
-        negative_spans: h.negative_spans.iter().map(|s| (s.offset, s.length)).collect(),
-        negative_deltas: h.negative_deltas,
-        negative_counts: h.negative_counts,
-        positive_spans: h.positive_spans.iter().map(|s| (s.offset, s.length)).collect(),
-        positive_deltas: h.positive_deltas,
-        positive_counts: h.positive_counts,
-        reset_hint: h.reset_hint,
-        custom_values: h.custom_values,
-    }
-}
+hist_from!(hist_v1, prompb::Histogram, prompb);
+hist_from!(hist_v2, prompb_v2::Histogram, prompb_v2);
 
 /// What one account has stored, for de-duplication.
 #[derive(Debug, Default)]

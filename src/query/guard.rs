@@ -35,7 +35,6 @@ const DENIED_FUNCTIONS: &[&str] = &[
     "sqlite_*",
     "postgres_*",
     "mysql_*",
-    "pg_*",
     "ducklake_add_data_files",
     "ducklake_merge_adjacent_files",
     "ducklake_expire_snapshots",
@@ -164,6 +163,7 @@ mod tests {
             "EXPLAIN ANALYZE SELECT 1",
             "PIVOT (SELECT 1 AS k, 2 AS v) ON k IN (1) USING sum(v)",
             "SELECT 1;",
+            "SELECT pg_typeof(1)",
         ] {
             assert_eq!(check(&c, ok), Ok(()), "{ok}");
         }

@@ -43,10 +43,7 @@ impl Pipelines {
         let c = &config.compactor;
         Self {
             extensions,
-            settings: InstanceSettings {
-                memory_limit_mb: config.duckdb.memory_limit_mb,
-                threads: config.duckdb.threads,
-            },
+            settings: config.duckdb.instance_settings(),
             storage_root: config.storage.local_path.clone(),
             catalogs: CatalogPlacement::from_config(&config.storage),
             wal: WalOptions {

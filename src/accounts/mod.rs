@@ -328,10 +328,7 @@ impl AccountService {
             limits: config.limits.clone(),
             storage_root: config.storage.local_path.clone(),
             extension_dir: config.duckdb.extension_directory.clone(),
-            instance: InstanceSettings {
-                memory_limit_mb: config.duckdb.memory_limit_mb,
-                threads: config.duckdb.threads,
-            },
+            instance: config.duckdb.instance_settings(),
             catalogs: CatalogPlacement::from_config(&config.storage),
         }
     }

@@ -4,7 +4,6 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Subcommand;
-use duckpond_compactor::lake::InstanceSettings;
 use duckpond_compactor::Extensions;
 
 use crate::accounts::AccountService;
@@ -36,7 +35,7 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let (config, meta) = super::connect(home, &FlagOverrides { host, port }).await?;
     super::require_current_schema(&meta).await?;
     let extensions = Extensions::locate(&config.duckdb.extension_directory)?;
-    let settings = InstanceSettings { memory_limit_mb: config.duckdb.memory_limit_mb, threads: config.duckdb.threads };
+    let settings = config.duckdb.instance_settings();
     let pipelines = Arc::new(Pipelines::new(&config, extensions.clone()));
     let engines = Arc::new(Engines::new(&config, extensions.clone()));
     let conversions = Arc::new(Semaphore::new(config.limits.max_concurrent_conversions as usize));

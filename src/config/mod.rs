@@ -267,6 +267,13 @@ pub struct DuckDbConfig {
     pub threads: u32,
 }
 
+impl DuckDbConfig {
+    /// Memory and threads of each DuckDB instance the daemon opens.
+    pub fn instance_settings(&self) -> duckpond_compactor::InstanceSettings {
+        duckpond_compactor::InstanceSettings { memory_limit_mb: self.memory_limit_mb, threads: self.threads }
+    }
+}
+
 impl Default for DuckDbConfig {
     fn default() -> Self {
         Self { extension_directory: "extensions".into(), memory_limit_mb: 4096, threads: 4 }

@@ -171,7 +171,7 @@ async fn log_pending(
     let (rows, n) = (pending.rows, batches.len() as u64);
     pending.rows = 0;
     pending.bytes = 0;
-    let ipc = encode(schema, &batches)?;
+    let ipc = super::ipc_stream(schema, &batches).map_err(|e| ApiError::Internal(e.into()))?;
     finish_inflight(inflight, out).await?;
     let pipeline = pipeline.clone();
     let record = LogRecord::Rows { table: table.clone(), ipc: Bytes::from(ipc) };
@@ -187,16 +187,4 @@ async fn finish_inflight(inflight: &mut Option<Inflight>, out: &mut StreamOutcom
     out.rows_kept += rows;
     out.last_lsn = Some(range.last.get());
     Ok(())
-}
-
-fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    let mut w =
-        arrow::ipc::writer::StreamWriter::try_new(&mut out, schema).map_err(|e| ApiError::Internal(e.into()))?;
-    for b in batches {
-        w.write(b).map_err(|e| ApiError::Internal(e.into()))?;
-    }
-    w.finish().map_err(|e| ApiError::Internal(e.into()))?;
-    drop(w);
-    Ok(out)
 }

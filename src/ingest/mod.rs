@@ -19,8 +19,24 @@ pub mod prometheus;
 pub mod rate;
 pub mod upload;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// `batches` (possibly none) as one Arrow IPC stream: the payload of a rows
+/// record, or a schema alone for a create command.
+pub fn ipc_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let mut out = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, schema)?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()?;
+    drop(w);
+    Ok(out)
+}
 
 /// How a write treats an existing table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]

@@ -668,11 +668,7 @@ impl Tables {
                 return Ok(());
             }
             let batch = RecordBatch::try_from_iter(cols)?;
-            let mut ipc = Vec::new();
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema())?;
-            w.write(&batch)?;
-            w.finish()?;
-            drop(w);
+            let ipc = super::ipc_stream(&batch.schema(), &[batch])?;
             out.push(LogRecord::Rows { table: TableName::parse(table).expect("valid name"), ipc: Bytes::from(ipc) });
             Ok(())
         };

@@ -70,7 +70,8 @@ impl Format {
         Self::parse(&ext).ok()
     }
 
-    fn extension(self) -> &'static str {
+    /// File name extension.
+    pub fn extension(self) -> &'static str {
         match self {
             Format::Csv => "csv",
             Format::Json => "json",
@@ -137,27 +138,28 @@ pub fn new_file_id() -> String {
 /// Parquet file converted from it, which is fsynced before the log record
 /// that names it; a crash before that loses only an unacknowledged upload,
 /// whose leftovers the next pipeline open deletes.
-pub async fn spool<S, E>(
-    body: &mut IngestBody<S>,
-    incoming: &Path,
-    id: &str,
-    format: Format,
-) -> Result<PathBuf, ApiError>
+pub async fn spool<S, E>(body: &mut IngestBody<S>, path: &Path) -> Result<(), ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let path = incoming.join(format!("{id}.{}", format.extension()));
     let io = |e: std::io::Error| ApiError::Internal(anyhow::anyhow!("spooling an upload to {}: {e}", path.display()));
-    tokio::fs::create_dir_all(incoming).await.map_err(io)?;
-    let file = tokio::fs::File::create(&path).await.map_err(io)?;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(io)?;
+    }
+    let file = tokio::fs::File::create(path).await.map_err(io)?;
     // Body chunks are small; each tokio file write is a blocking-pool hop.
     let mut file = tokio::io::BufWriter::with_capacity(SPOOL_BUFFER_BYTES, file);
     while let Some(chunk) = body.next_chunk().await? {
-        file.write_all(&chunk).await.map_err(|e| storage_error(e, &path))?;
+        file.write_all(&chunk).await.map_err(|e| storage_error(e, path))?;
     }
-    file.flush().await.map_err(|e| storage_error(e, &path))?;
-    Ok(path)
+    file.flush().await.map_err(|e| storage_error(e, path))?;
+    Ok(())
+}
+
+/// Where an upload with this id and format is spooled.
+pub fn spool_path(incoming: &Path, id: &str, format: Format) -> PathBuf {
+    incoming.join(format!("{id}.{}", format.extension()))
 }
 
 /// Write buffer of an upload being spooled.
@@ -295,18 +297,8 @@ pub fn records(
         Mode::Append => vec![staged],
         Mode::Replace => vec![LogRecord::Command(DatasetCommand::Drop { table: table.clone() }), staged],
         Mode::Create => {
-            let schema_ipc = schema_ipc(&converted.schema)?;
+            let schema_ipc = super::ipc_stream(&converted.schema, &[]).map_err(|e| ApiError::Internal(e.into()))?;
             vec![LogRecord::Command(DatasetCommand::Create { table: table.clone(), schema_ipc }), staged]
         }
     })
-}
-
-/// An Arrow IPC stream holding only `schema`.
-pub fn schema_ipc(schema: &SchemaRef) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    let mut w =
-        arrow::ipc::writer::StreamWriter::try_new(&mut out, schema).map_err(|e| ApiError::Internal(e.into()))?;
-    w.finish().map_err(|e| ApiError::Internal(e.into()))?;
-    drop(w);
-    Ok(out)
 }

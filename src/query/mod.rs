@@ -87,10 +87,7 @@ impl Engines {
     pub fn new(config: &Config, extensions: Extensions) -> Self {
         Self {
             extensions,
-            settings: InstanceSettings {
-                memory_limit_mb: config.duckdb.memory_limit_mb,
-                threads: config.duckdb.threads,
-            },
+            settings: config.duckdb.instance_settings(),
             storage_root: config.storage.local_path.clone(),
             catalogs: CatalogPlacement::from_config(&config.storage),
             open: tokio::sync::Mutex::new(HashMap::new()),
@@ -102,15 +99,7 @@ impl Engines {
         if let Some(e) = self.open.lock().await.get(&account.id) {
             return Ok(e.clone());
         }
-        let layout = AccountLayout::new(&self.storage_root, &account.id);
-        let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
-        let metadata_tables = location.metadata_tables(LAKE_ALIAS);
-        let root = layout.root().to_path_buf();
-        let attach = location.attach_sql(LAKE_ALIAS, true);
-        let conn = tokio::task::spawn_blocking(move || sandboxed(&ext, &settings, &attach, &root))
-            .await
-            .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("opening the engine failed: {e}"))))?;
-        let engine = Arc::new(AccountEngine { base: Mutex::new(conn), metadata_tables });
+        let engine = self.open_engine(account, None).await?;
         // Two first requests may both open one; the first stored wins.
         Ok(self.open.lock().await.entry(account.id.clone()).or_insert(engine).clone())
     }
@@ -118,12 +107,20 @@ impl Engines {
     /// A fresh instance pinned to snapshot `version` (time travel by
     /// `"snapshot": N`); not cached.
     pub async fn at_snapshot(&self, account: &Account, version: i64) -> Result<Arc<AccountEngine>, LakeError> {
+        self.open_engine(account, Some(version)).await
+    }
+
+    /// Opens a sandboxed instance on the account's lake (at `version`, or
+    /// following the latest snapshot).
+    async fn open_engine(&self, account: &Account, version: Option<i64>) -> Result<Arc<AccountEngine>, LakeError> {
         let layout = AccountLayout::new(&self.storage_root, &account.id);
         let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
         let metadata_tables = location.metadata_tables(LAKE_ALIAS);
         let root = layout.root().to_path_buf();
-        let attach = location.attach_sql(LAKE_ALIAS, true);
-        let attach = format!("{}, SNAPSHOT_VERSION {version})", attach.trim_end_matches(')'));
+        let mut attach = location.attach_sql(LAKE_ALIAS, true);
+        if let Some(v) = version {
+            attach = format!("{}, SNAPSHOT_VERSION {v})", attach.trim_end_matches(')'));
+        }
         let conn = tokio::task::spawn_blocking(move || sandboxed(&ext, &settings, &attach, &root))
             .await
             .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("opening the engine failed: {e}"))))?;

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use duckpond_compactor::CompactorError;
+use duckpond_compactor::{CompactorError, LakeError};
 use duckpond_wal::AppendError;
 
 use crate::accounts::{AccountError, AuthError};
@@ -251,6 +251,22 @@ impl From<AppendError> for ApiError {
                 ApiError::Unavailable { message: "the account's log is closing".into(), retry_after_s: 1 }
             }
             other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// Retry-After of a 503 when an account's lake cannot be read.
+pub const LAKE_RETRY_AFTER_S: u64 = 2;
+
+/// Reading an account's lake failed (catalog database or files out of
+/// reach): 503, with the detail in the log, not in the reply (it names
+/// server paths).
+impl From<LakeError> for ApiError {
+    fn from(e: LakeError) -> Self {
+        tracing::error!(error = %e, "reading an account's lake failed");
+        ApiError::Unavailable {
+            message: "the account's lake cannot be read right now; retry later".into(),
+            retry_after_s: LAKE_RETRY_AFTER_S,
         }
     }
 }

@@ -65,7 +65,7 @@ pub struct AppState {
 impl AppState {
     /// Memory and threads of each DuckDB instance.
     pub fn instance_settings(&self) -> InstanceSettings {
-        InstanceSettings { memory_limit_mb: self.config.duckdb.memory_limit_mb, threads: self.config.duckdb.threads }
+        self.config.duckdb.instance_settings()
     }
 }
 

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
@@ -174,14 +173,11 @@ pub async fn upload(
                         )
                     })?,
             };
+            let path = upload::spool_path(&layout.incoming_dir(), &id, format);
+            cleanup.add(path.clone());
             let mut body = IngestBody::new(field, limits, state.ingest_rate.clone(), auth.account.id.clone());
-            let res = upload::spool(&mut body, &layout.incoming_dir(), &id, format).await;
-            if let Ok(p) = &res {
-                cleanup.add(p.clone());
-            } else {
-                cleanup.add(layout.incoming_dir().join(format!("{id}.{}", format_ext(format))));
-            }
-            break (res?, format);
+            upload::spool(&mut body, &path).await?;
+            break (path, format);
         }
     } else {
         let format = match explicit {
@@ -199,8 +195,10 @@ pub async fn upload(
             state.ingest_rate.clone(),
             auth.account.id.clone(),
         );
-        cleanup.add(layout.incoming_dir().join(format!("{id}.{}", format_ext(format))));
-        (upload::spool(&mut body, &layout.incoming_dir(), &id, format).await?, format)
+        let path = upload::spool_path(&layout.incoming_dir(), &id, format);
+        cleanup.add(path.clone());
+        upload::spool(&mut body, &path).await?;
+        (path, format)
     };
     let bytes_received = std::fs::metadata(&spooled).map(|m| m.len()).unwrap_or(0);
     if bytes_received == 0 {
@@ -248,27 +246,10 @@ pub async fn upload(
     ))
 }
 
-fn format_ext(f: Format) -> &'static str {
-    match f {
-        Format::Csv => "csv",
-        Format::Json => "json",
-        Format::Ndjson => "ndjson",
-        Format::Parquet => "parquet",
-    }
-}
-
 async fn engine(state: &AppState, auth: &AuthedAccount) -> Result<Arc<crate::query::AccountEngine>, ApiError> {
     // The catalog exists once the pipeline has opened it.
     pipeline_of(state, auth).await?;
-    state.engines.get(&auth.account).await.map_err(lake_unavailable)
-}
-
-fn lake_unavailable(e: duckpond_compactor::LakeError) -> ApiError {
-    tracing::error!(error = %e, "reading an account's lake failed");
-    ApiError::Unavailable {
-        message: "the account's lake cannot be read right now; retry later".into(),
-        retry_after_s: 2,
-    }
+    Ok(state.engines.get(&auth.account).await?)
 }
 
 /// The account's datasets with rows, bytes, files and last snapshot.
@@ -277,7 +258,7 @@ fn lake_unavailable(e: duckpond_compactor::LakeError) -> ApiError {
 pub async fn list(State(state): State<AppState>, auth: AuthedAccount) -> Result<Json<Vec<DatasetSummary>>, ApiError> {
     let engine = engine(&state, &auth).await?;
     let m = engine.metadata_tables().to_string();
-    Ok(Json(engine.run(move |c| catalog::list(c, &m)).await.map_err(lake_unavailable)?))
+    Ok(Json(engine.run(move |c| catalog::list(c, &m)).await?))
 }
 
 /// One dataset: schema, stats and snapshots.
@@ -293,8 +274,7 @@ pub async fn get(
     let (t, m) = (table.clone(), engine.metadata_tables().to_string());
     engine
         .run(move |c| catalog::describe(c, &m, &t))
-        .await
-        .map_err(lake_unavailable)?
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("dataset {table} not found")))
 }
@@ -318,8 +298,7 @@ pub async fn preview(
     let (t, m) = (table.clone(), engine.metadata_tables().to_string());
     engine
         .run(move |c| catalog::preview(c, &m, &t, limit))
-        .await
-        .map_err(lake_unavailable)?
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("dataset {table} not found")))
 }
@@ -343,9 +322,4 @@ pub async fn delete(
     let range = pipeline.append(&[LogRecord::Command(DatasetCommand::Drop { table: table.clone() })]).await?;
     let (status, committed, snapshot_id) = maybe_wait(&state, &pipeline, params.wait, range.last).await;
     Ok((status, Json(ChangeOutcome { table: table.to_string(), lsn: range.last.get(), committed, snapshot_id })))
-}
-
-/// The body of a request as a stream (for handlers outside this module).
-pub(crate) fn body_stream(body: Body) -> axum::body::BodyDataStream {
-    body.into_data_stream()
 }

@@ -16,7 +16,7 @@ use crate::accounts::AccountId;
 use crate::ingest::prometheus::{self as prom, Limits, PromError, Protocol, Stored};
 use crate::query::Engines;
 use crate::server::auth::AuthedAccount;
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, LAKE_RETRY_AFTER_S};
 use crate::server::AppState;
 
 /// What each account has stored, loaded on its first remote write.
@@ -104,14 +104,7 @@ async fn handle(
         max_labels_per_series: cfg.max_labels_per_series as usize,
         max_label_bytes: cfg.max_label_bytes as usize,
     };
-    let quotas = auth.account.overrides.resolve(state.accounts.limits());
-    let used = state.accounts.storage_used_bytes(&auth.account).await?;
-    if used.saturating_add(body.len() as u64) > quotas.max_storage_bytes {
-        return Err(ApiError::InsufficientStorage(format!(
-            "storage quota exceeded: the account uses {used} bytes of its {} byte quota",
-            quotas.max_storage_bytes
-        )));
-    }
+    super::datasets::body_limits(state, auth, None).await?.check_quota(body.len() as u64)?;
     let body = body.clone();
     let decoded = tokio::task::spawn_blocking(move || prom::decode(&body, proto, &limits))
         .await
@@ -143,10 +136,9 @@ async fn handle(
         })?;
         stored.commit(&plan);
     }
-    let (s, h, e) = plan.written;
+    let (samples, histograms, _) = plan.written;
     metrics::counter!(crate::telemetry::PROMETHEUS_SAMPLES_TOTAL, "account" => auth.account.id.to_string())
-        .increment(s + h);
-    let _ = e;
+        .increment(samples + histograms);
     Ok(plan.written)
 }
 
@@ -162,7 +154,7 @@ async fn load(
         let timeout = Duration::from_millis(state.config.compactor.commit_wait_timeout_ms);
         pipeline.wait_committed(durable, timeout).await.map_err(|e| ApiError::Unavailable {
             message: format!("the account's metrics are not loaded yet ({e}); retry"),
-            retry_after_s: 5,
+            retry_after_s: LAKE_RETRY_AFTER_S,
         })?;
     }
     let exists = |t: &str| pipeline.table_schema(&TableName::parse(t).expect("valid")).is_some();
@@ -173,11 +165,8 @@ async fn load(
         exists(prom::HISTOGRAMS_TABLE),
         exists(prom::EXEMPLARS_TABLE),
     );
-    let engine = engines.get(account).await.map_err(|e| ApiError::Unavailable {
-        message: format!("the account's lake cannot be read: {e}"),
-        retry_after_s: 5,
-    })?;
-    engine
+    let engine = engines.get(account).await?;
+    let stored = engine
         .run(move |c| {
             let mut s = Stored::default();
             let err = duckpond_compactor::LakeError::duckdb("loading stored series");
@@ -233,11 +222,8 @@ async fn load(
             s.view = views > 0;
             Ok(s)
         })
-        .await
-        .map_err(|e| ApiError::Unavailable {
-            message: format!("loading the account's metrics failed: {e}"),
-            retry_after_s: 5,
-        })
+        .await?;
+    Ok(stored)
 }
 
 /// Prometheus remote read, SAMPLES response type: what a Prometheus server
@@ -283,10 +269,7 @@ pub async fn read(
     let exists = [prom::SAMPLES_TABLE, prom::SERIES_TABLE]
         .iter()
         .all(|t| pipeline.table_schema(&TableName::parse(t).expect("valid")).is_some());
-    let engine = state.engines.get(&auth.account).await.map_err(|e| ApiError::Unavailable {
-        message: format!("the account's lake cannot be read: {e}"),
-        retry_after_s: 2,
-    })?;
+    let engine = state.engines.get(&auth.account).await?;
     let max = cfg.max_read_samples;
     let results = engine
         .run(move |c| {
@@ -296,13 +279,9 @@ pub async fn read(
                 .map(|q| crate::query::prometheus::read(c, q, max, exists))
                 .collect::<Result<Vec<_>, _>>())
         })
-        .await
-        .map_err(|e| ApiError::Unavailable { message: format!("remote read failed: {e}"), retry_after_s: 2 })?
+        .await?
         .map_err(|e| match e {
-            crate::query::prometheus::ReadError::Lake(l) => {
-                tracing::error!(error = %l, "remote read failed");
-                ApiError::Unavailable { message: "remote read failed; see the server log".into(), retry_after_s: 2 }
-            }
+            crate::query::prometheus::ReadError::Lake(l) => ApiError::from(l),
             other => ApiError::BadRequest(other.to_string()),
         })?;
     let out = prompb::ReadResponse { results }.encode_to_vec();

@@ -16,7 +16,7 @@ use crate::query::exec::{self, Message, QueryError, Running};
 use crate::query::render::{self, ResultColumn};
 use crate::query::{guard, AccountEngine};
 use crate::server::auth::AuthedAccount;
-use crate::server::error::{ApiError, ErrorBody};
+use crate::server::error::{ApiError, ErrorBody, LAKE_RETRY_AFTER_S};
 use crate::server::extract::ApiJson;
 use crate::server::AppState;
 
@@ -136,7 +136,10 @@ fn query_error(e: QueryError) -> ApiError {
         }
         QueryError::Unavailable(m) => {
             tracing::error!(error = %m, "query storage unavailable");
-            ApiError::Unavailable { message: "the account's lake cannot be read right now".into(), retry_after_s: 2 }
+            ApiError::Unavailable {
+                message: "the account's lake cannot be read right now".into(),
+                retry_after_s: LAKE_RETRY_AFTER_S,
+            }
         }
     }
 }
@@ -162,14 +165,9 @@ async fn run(
     }
     // The pipeline creates the catalog; the engine reads it.
     state.pipelines.get(&auth.account).await?;
-    let engine =
-        state.engines.get(&auth.account).await.map_err(|e| query_error(QueryError::Unavailable(e.to_string())))?;
+    let engine = state.engines.get(&auth.account).await?;
     let sql = req.sql.clone();
-    engine
-        .run(move |c| Ok(guard::check(c, &sql)))
-        .await
-        .map_err(|e| query_error(QueryError::Unavailable(e.to_string())))?
-        .map_err(|r| ApiError::Forbidden(r.0))?;
+    engine.run(move |c| Ok(guard::check(c, &sql))).await?.map_err(|r| ApiError::Forbidden(r.0))?;
 
     let quotas = auth.account.overrides.resolve(state.accounts.limits());
     let queue = Duration::from_millis(limits.query_queue_timeout_ms);
@@ -206,7 +204,9 @@ async fn run(
         return json_result(running, deadline, schema, snapshot_id, req.limit, limits.max_json_result_bytes, started)
             .await;
     }
-    let mut res = Response::new(download(running, deadline, schema, format));
+    let encoder = Encoder::new(format, &schema)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("starting a {format:?} download: {e}")))?;
+    let mut res = Response::new(download(running, deadline, encoder));
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     let disposition = format!("attachment; filename=\"result.{}\"", format.extension());
@@ -340,25 +340,20 @@ type RecordBatchRef = arrow::array::RecordBatch;
 /// The download body: batches encoded as they come. An error after the
 /// headers went out aborts the body, so the client sees an incomplete
 /// download, never a silently short file.
-fn download(running: Running, deadline: Instant, schema: arrow::datatypes::SchemaRef, format: OutputFormat) -> Body {
-    let encoder = Encoder::new(format, &schema);
-    let state = (Some(running), encoder.ok(), false);
-    let stream = futures_util::stream::unfold(state, move |(running, encoder, ended)| async move {
-        let (mut running, mut encoder) = match (running, encoder) {
-            (Some(r), Some(e)) if !ended => (r, e),
-            _ => return None,
-        };
+fn download(running: Running, deadline: Instant, encoder: Encoder) -> Body {
+    // State: the query and its encoder until the body ends.
+    let stream = futures_util::stream::unfold(Some((running, encoder)), move |state| async move {
+        let (mut running, mut encoder) = state?;
+        let err = |m: String| Some((Err(std::io::Error::other(m)), None));
         loop {
-            let msg = tokio::time::timeout(exec::remaining(deadline), running.rx.recv()).await;
-            let err = |m: String| Some((Err(std::io::Error::other(m)), (None, None, true)));
-            match msg {
+            match tokio::time::timeout(exec::remaining(deadline), running.rx.recv()).await {
                 Err(_) => {
                     running.interrupt();
                     return err("query timed out".into());
                 }
                 Ok(Some(Message::Batch(b))) => match encoder.write(&b) {
                     Ok(bytes) if bytes.is_empty() => continue,
-                    Ok(bytes) => return Some((Ok(Bytes::from(bytes)), (Some(running), Some(encoder), false))),
+                    Ok(bytes) => return Some((Ok(Bytes::from(bytes)), Some((running, encoder)))),
                     Err(e) => return err(e),
                 },
                 Ok(Some(Message::Start { .. })) => continue,
@@ -366,7 +361,7 @@ fn download(running: Running, deadline: Instant, schema: arrow::datatypes::Schem
                 Ok(None) => {
                     running.finish();
                     return match encoder.finish() {
-                        Ok(bytes) => Some((Ok(Bytes::from(bytes)), (None, None, true))),
+                        Ok(bytes) => Some((Ok(Bytes::from(bytes)), None)),
                         Err(e) => err(e),
                     };
                 }

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::Json;
 
-use super::datasets::{body_limits, body_stream, maybe_wait, pipeline_of, table_name, WaitParams};
+use super::datasets::{body_limits, maybe_wait, pipeline_of, table_name, WaitParams};
 use crate::ingest::arrow_stream::{self, StreamOutcome, ARROW_STREAM_CONTENT_TYPE};
 use crate::ingest::body::IngestBody;
 use crate::server::auth::AuthedAccount;
@@ -39,7 +39,7 @@ pub async fn arrow(
     limits.check_quota(0)?;
     let pipeline = pipeline_of(&state, &auth).await?;
     let mut body =
-        IngestBody::new(body_stream(req.into_body()), limits, state.ingest_rate.clone(), auth.account.id.clone());
+        IngestBody::new(req.into_body().into_data_stream(), limits, state.ingest_rate.clone(), auth.account.id.clone());
     let res = arrow_stream::ingest(
         pipeline.clone(),
         table,

@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod ingest;
 mod meta;
+mod notebooks;
 mod pipelines;
 mod query;
 mod server;

@@ -343,6 +343,11 @@ impl AccountService {
         &self.meta
     }
 
+    /// Where accounts' catalogs are.
+    pub fn catalog_placement(&self) -> &CatalogPlacement {
+        &self.catalogs
+    }
+
     /// Where an account's files live.
     pub fn layout(&self, account: &Account) -> AccountLayout {
         AccountLayout::new(&self.storage_root, &account.id)

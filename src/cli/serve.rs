@@ -9,6 +9,8 @@ use duckpond_compactor::Extensions;
 use crate::accounts::AccountService;
 use crate::config::{FlagOverrides, Home};
 use crate::ingest::rate::IngestRate;
+use crate::notebooks::backend::{instance_id, Backend};
+use crate::notebooks::sessions::SessionManager;
 use crate::pipelines::Pipelines;
 use crate::query::exec::Admission;
 use crate::query::Engines;
@@ -51,6 +53,17 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("opening the write-ahead log and lake of account {}", account.name))?;
     }
+    // Sessions of a previous run (kill -9, crash) are found by what they
+    // left (pid files, cgroups, container labels) and removed first.
+    let run_dir = config.storage.local_path.join("run").join("notebooks");
+    let instance = instance_id(&config.storage.local_path);
+    let backend = Backend::new(&config.notebooks, run_dir, instance)
+        .await
+        .with_context(|| format!("starting the {:?} notebook backend", config.notebooks.backend))?;
+    let notebooks = SessionManager::new(config.notebooks.clone(), backend)?;
+    notebooks.sweep_orphans().await;
+    notebooks.spawn_monitor();
+    tracing::info!(backend = notebooks.backend_name(), limits = %notebooks.limits_in_force(), "notebook sessions");
     let state = AppState {
         config: Arc::new(config),
         accounts,
@@ -62,6 +75,9 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         conversions,
         admission: Arc::new(Admission::default()),
         prometheus: Arc::default(),
+        notebooks,
+        proxy_client: crate::notebooks::proxy::http_client(),
+        notebook_names: Arc::default(),
     };
     server::serve(state).await?;
     meta.close().await;

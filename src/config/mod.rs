@@ -310,6 +310,21 @@ pub struct NotebooksConfig {
     pub spawn_timeout_seconds: u64,
     /// Inclusive loopback port range for sessions.
     pub port_range: PortRange,
+    /// Process limit of one session (cgroup pids controller / Docker).
+    pub pids_limit: u32,
+    /// /dev/shm of a Docker session (marimo's kernels need it).
+    pub shm_size_mb: u64,
+    /// Largest notebook file accepted by the API.
+    pub max_notebook_bytes: u64,
+    /// Time a stopping session gets between SIGTERM and SIGKILL.
+    pub stop_grace_period_ms: u64,
+    /// Python environment of the `process` backend (a venv with marimo,
+    /// duckdb and the ducklake extension; built by `.ci/notebook-env.sh`).
+    /// Relative paths are below the home directory.
+    pub python_env: PathBuf,
+    /// Where the `process` backend creates session cgroups (cgroup v2 or
+    /// the v1 memory/cpu/pids hierarchies). Empty: no cgroup limits.
+    pub cgroup_root: PathBuf,
 }
 
 impl Default for NotebooksConfig {
@@ -323,6 +338,12 @@ impl Default for NotebooksConfig {
             health_check_interval_seconds: 30,
             spawn_timeout_seconds: 60,
             port_range: PortRange { first: 10_000, last: 10_099 },
+            pids_limit: 512,
+            shm_size_mb: 256,
+            max_notebook_bytes: 4 * 1024 * 1024,
+            stop_grace_period_ms: 3_000,
+            python_env: "notebook-env".into(),
+            cgroup_root: "/sys/fs/cgroup".into(),
         }
     }
 }
@@ -540,6 +561,21 @@ impl Config {
         if !(self.notebooks.cpu_limit.is_finite() && self.notebooks.cpu_limit > 0.0) {
             return value("notebooks.cpu_limit", "must be a positive number of cores");
         }
+        if self.notebooks.memory_limit_mb < 128 {
+            return value("notebooks.memory_limit_mb", "must be at least 128");
+        }
+        if self.notebooks.pids_limit < 16 {
+            return value("notebooks.pids_limit", "must be at least 16");
+        }
+        if self.notebooks.spawn_timeout_seconds == 0 || self.notebooks.health_check_interval_seconds == 0 {
+            return value("notebooks.spawn_timeout_seconds", "and health_check_interval_seconds must be at least 1");
+        }
+        if self.notebooks.session_timeout_seconds == 0 {
+            return value("notebooks.session_timeout_seconds", "must be at least 1");
+        }
+        if self.notebooks.max_notebook_bytes == 0 {
+            return value("notebooks.max_notebook_bytes", "must be at least 1");
+        }
         if self.limits.max_file_size_mb == 0 {
             return value("limits.max_file_size_mb", "must be at least 1");
         }
@@ -586,6 +622,7 @@ impl Config {
         };
         resolve(&mut self.storage.local_path);
         resolve(&mut self.duckdb.extension_directory);
+        resolve(&mut self.notebooks.python_env);
         if let Some(rest) = self.database.url.strip_prefix("sqlite:") {
             let rest = rest.trim_start_matches("//");
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));

@@ -14,6 +14,7 @@ use duckpond_wal::AppendError;
 
 use crate::accounts::{AccountError, AuthError};
 use crate::meta::MetaError;
+use crate::notebooks::NotebookError;
 
 /// Every error an API handler can return.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,9 @@ pub enum ApiError {
         /// Seconds after which a retry makes sense.
         retry_after_s: u64,
     },
+    /// 502: a notebook session behind the proxy did not answer.
+    #[error("{0}")]
+    BadGateway(String),
     /// 503: a dependency is temporarily unavailable; retry later.
     #[error("{message}")]
     Unavailable {
@@ -111,6 +115,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -138,6 +143,7 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(message),
             StatusCode::TOO_MANY_REQUESTS => ApiError::TooManyRequests { message, retry_after_s: 1 },
             StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable { message, retry_after_s: 1 },
+            StatusCode::BAD_GATEWAY => ApiError::BadGateway(message),
             StatusCode::INSUFFICIENT_STORAGE => ApiError::InsufficientStorage(message),
             s if s.is_client_error() => ApiError::BadRequest(message),
             _ => ApiError::Internal(anyhow::anyhow!("{status}: {message}")),
@@ -188,6 +194,24 @@ impl From<MetaError> for ApiError {
                 ApiError::Unavailable { message: "metadata database unavailable".into(), retry_after_s: 1 }
             }
             other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<NotebookError> for ApiError {
+    fn from(e: NotebookError) -> Self {
+        let message = e.to_string();
+        match e {
+            NotebookError::InvalidId(_) | NotebookError::InvalidName(_) => ApiError::BadRequest(message),
+            NotebookError::NotFound(_) => ApiError::NotFound(message),
+            NotebookError::NameTaken(_) | NotebookError::NotRunning(_) => ApiError::Conflict(message),
+            NotebookError::TooLarge { .. } => ApiError::PayloadTooLarge(message),
+            NotebookError::SessionLimit { .. } => ApiError::TooManyRequests { message, retry_after_s: 5 },
+            NotebookError::PortsExhausted { .. } => ApiError::Unavailable { message, retry_after_s: 5 },
+            NotebookError::Starting => ApiError::Unavailable { message, retry_after_s: 1 },
+            NotebookError::Upstream(_) => ApiError::BadGateway(message),
+            NotebookError::Backend(e) => ApiError::Internal(e),
+            NotebookError::Io(e) => ApiError::Internal(e.into()),
         }
     }
 }

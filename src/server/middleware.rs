@@ -37,13 +37,18 @@ pub fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
     ApiError::Internal(anyhow::anyhow!("handler panicked: {detail}")).into_response()
 }
 
+/// Marks a response produced by a notebook session (through the proxy):
+/// passed to the client as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct Passthrough;
+
 /// Rewrites error responses produced outside our handlers (timeouts, body
 /// limits, rejections) into the JSON error body, so every error a client sees
 /// has the same shape.
 pub async fn json_error_bodies(req: Request, next: Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error()) || res.extensions().get::<Passthrough>().is_some() {
         return res;
     }
     let is_json = res

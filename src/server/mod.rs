@@ -6,7 +6,7 @@
 pub mod auth;
 pub mod error;
 mod extract;
-mod middleware;
+pub(crate) mod middleware;
 pub mod openapi;
 mod routes;
 
@@ -28,6 +28,7 @@ use tower_http::trace::TraceLayer;
 use crate::accounts::AccountService;
 use crate::config::Config;
 use crate::ingest::rate::IngestRate;
+use crate::notebooks::sessions::SessionManager;
 use crate::pipelines::Pipelines;
 use crate::query::exec::Admission;
 use crate::query::Engines;
@@ -60,6 +61,12 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// What each account has stored of its Prometheus series.
     pub prometheus: Arc<routes::prometheus::PromStates>,
+    /// Notebook sessions.
+    pub notebooks: Arc<SessionManager>,
+    /// Forwards proxied requests to sessions.
+    pub proxy_client: reqwest::Client,
+    /// Serialises notebook creates and renames (names are unique).
+    pub notebook_names: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -79,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::ingest_routes())
         .merge(routes::query_routes())
         .merge(routes::prometheus_routes(state.config.prometheus.max_compressed_bytes))
+        .merge(routes::notebook_proxy_routes())
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -115,6 +123,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     let local: SocketAddr = listener.local_addr()?;
     let grace = Duration::from_millis(state.config.server.shutdown_grace_period_ms);
     let pipelines = state.pipelines.clone();
+    let notebooks = state.notebooks.clone();
     println!("duckpond listening on http://{local}");
     tracing::info!(%local, "listening");
     let app = router(state);
@@ -132,6 +141,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
             tokio::time::sleep(grace).await;
         } => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections"),
     }
+    notebooks.shutdown().await;
     pipelines.shutdown(grace).await;
     tracing::info!("stopped");
     Ok(())

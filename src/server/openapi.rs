@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{account, admin, datasets, health, prometheus, query, stream};
+use super::routes::{account, admin, datasets, health, notebooks, prometheus, query, stream};
 
 /// The document.
 #[derive(OpenApi)]
@@ -18,9 +18,11 @@ use super::routes::{account, admin, datasets, health, prometheus, query, stream}
         admin::delete_account, admin::list_keys, admin::create_key, admin::revoke_key,
         datasets::upload, datasets::list, datasets::get, datasets::preview, datasets::delete, stream::arrow,
         query::post_query, query::get_query, prometheus::write, prometheus::read,
+        notebooks::list, notebooks::create, notebooks::get, notebooks::update, notebooks::delete,
+        notebooks::start, notebooks::stop, notebooks::session,
     ),
     modifiers(&Security),
-    tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest"), (name = "query"), (name = "prometheus")),
+    tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest"), (name = "query"), (name = "prometheus"), (name = "notebooks")),
 )]
 pub struct ApiDoc;
 

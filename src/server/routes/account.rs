@@ -29,6 +29,8 @@ pub struct Usage {
     pub committed_lsn: u64,
     /// The snapshot that committed it (null before the first flush since start).
     pub committed_snapshot_id: Option<i64>,
+    /// Notebook sessions starting, running or stopping.
+    pub notebook_sessions: u32,
 }
 
 /// The caller's account with usage.
@@ -71,6 +73,7 @@ pub async fn get_account(
             durable_lsn: pipeline.wal().durable_lsn().map(|l| l.get()).unwrap_or(0).max(committed.lsn.get()),
             committed_lsn: committed.lsn.get(),
             committed_snapshot_id: committed.snapshot_id,
+            notebook_sessions: state.notebooks.live_count(&auth.account.id),
         },
         key_id: auth.key_id,
     }))

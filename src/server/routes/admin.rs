@@ -93,6 +93,7 @@ pub async fn delete_account(
     state.pipelines.close(&account.id).await;
     state.engines.close(&account.id).await;
     state.prometheus.forget(&account.id);
+    state.notebooks.stop_account(&account.id).await;
     state.accounts.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

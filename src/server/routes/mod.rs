@@ -4,12 +4,13 @@ pub mod account;
 pub mod admin;
 pub mod datasets;
 pub mod health;
+pub mod notebooks;
 pub mod prometheus;
 pub mod query;
 pub mod stream;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 
 use super::AppState;
@@ -34,6 +35,21 @@ pub fn routes() -> Router<AppState> {
         .route("/api/datasets", get(datasets::list))
         .route("/api/datasets/{name}", get(datasets::get).delete(datasets::delete))
         .route("/api/datasets/{name}/preview", get(datasets::preview))
+        .route("/api/notebooks", get(notebooks::list).post(notebooks::create))
+        .route("/api/notebooks/{id}", get(notebooks::get).put(notebooks::update).delete(notebooks::delete))
+        .route("/api/notebooks/{id}/start", post(notebooks::start))
+        .route("/api/notebooks/{id}/stop", post(notebooks::stop))
+        .route("/api/notebooks/{id}/session", get(notebooks::session))
+}
+
+/// The notebook proxy: no request timeout (websockets and long requests
+/// live as long as the editor is open) and its own body cap.
+pub fn notebook_proxy_routes() -> Router<AppState> {
+    Router::new()
+        .route("/notebooks/{id}", any(notebooks::proxy))
+        .route("/notebooks/{id}/", any(notebooks::proxy))
+        .route("/notebooks/{id}/{*rest}", any(notebooks::proxy))
+        .layer(DefaultBodyLimit::disable())
 }
 
 /// Queries: their own deadline (`limits.query_timeout_ms`) instead of the

@@ -10,6 +10,9 @@ DUCKPOND_HOME ?= $(HOME)/.duckpond
 TEST_EXTENSION_DIR ?= $(HOME)/.cache/duckpond/extensions
 TEST_POSTGRES_URL ?= postgresql://duckpond_test:duckpond_test@127.0.0.1:5432/duckpond_test
 TEST_PYTHON ?= $(HOME)/.cache/duckpond/venv/bin/python
+# marimo + duckdb venv of the process notebook backend, and the Docker image.
+TEST_NOTEBOOK_ENV ?= $(HOME)/.cache/duckpond/notebook-venv
+TEST_NOTEBOOK_IMAGE ?= duckpond-notebook:latest
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 
 .PHONY: run test build extensions services fmt lint bench-wal bench-compactor bench-ingest bench-prometheus proto
@@ -17,6 +20,7 @@ BIN := $(CARGO_TARGET_DIR)/release/duckpond
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
 	.ci/fetch-duckdb-extensions.sh $(DUCKPOND_HOME)/extensions
+	.ci/notebook-env.sh $(DUCKPOND_HOME)/notebook-env
 	DUCKPOND_HOME=$(DUCKPOND_HOME) .ci/first-run.sh $(BIN)
 	DUCKPOND_HOME=$(DUCKPOND_HOME) $(BIN) api serve
 
@@ -25,6 +29,7 @@ run: build
 test: services lint
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_POSTGRES_URL=$(TEST_POSTGRES_URL) DUCKPOND_TEST_PYTHON=$(TEST_PYTHON) \
+	DUCKPOND_TEST_NOTEBOOK_ENV=$(TEST_NOTEBOOK_ENV) DUCKPOND_TEST_NOTEBOOK_IMAGE=$(TEST_NOTEBOOK_IMAGE) \
 		cargo test --release --locked --workspace --all-targets --no-fail-fast
 
 build:
@@ -33,9 +38,13 @@ build:
 extensions:
 	.ci/fetch-duckdb-extensions.sh $(DUCKPOND_HOME)/extensions
 
-## Install and start what the tests talk to (PostgreSQL, Python duckdb).
+## Install and start what the tests talk to (PostgreSQL, Python duckdb,
+## the notebook venv, dockerd and the notebook image).
 services:
 	.ci/services.sh
+	.ci/notebook-env.sh $(TEST_NOTEBOOK_ENV)
+	.ci/dockerd.sh
+	.ci/notebook-image.sh $(TEST_NOTEBOOK_IMAGE)
 
 ## WAL append throughput next to the raw disk (docs/BENCHMARKS.md).
 bench-wal:

@@ -39,14 +39,16 @@ with app.setup:
     import marimo as mo
 
     # DuckPond sets DUCKPOND_CATALOG and DUCKPOND_DATA_PATH for the session:
-    # the account's DuckLake, attached read-only as `lake` and made current.
+    # the account's DuckLake, attached read-only as `lake` and made current
+    # (in a container the data directory is mounted elsewhere than on the
+    # host, hence OVERRIDE_DATA_PATH).
     for _pkg, _name in [(duckdb_extension_sqlite_scanner, "sqlite_scanner"), (duckdb_extension_ducklake, "ducklake")]:
         _path = pathlib.Path(_pkg.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{_name}.duckdb_extension"
         duckdb.execute(f"LOAD '{_path}'")
     if os.environ.get("DUCKPOND_CATALOG"):
         duckdb.execute(
             f"ATTACH IF NOT EXISTS '{os.environ['DUCKPOND_CATALOG']}' AS lake "
-            f"(READ_ONLY, DATA_PATH '{os.environ['DUCKPOND_DATA_PATH']}')"
+            f"(READ_ONLY, DATA_PATH '{os.environ['DUCKPOND_DATA_PATH']}', OVERRIDE_DATA_PATH true)"
         )
         duckdb.execute("USE lake")
 

@@ -21,8 +21,12 @@ use super::{NotebookError, NotebookId, SessionKey};
 use crate::accounts::AccountId;
 use crate::config::NotebooksConfig;
 
-/// First pause between readiness polls; doubles up to the maximum.
-const READY_POLL_FIRST_MS: u64 = 50;
+/// Pause between readiness polls while a start is young (a poll is one
+/// loopback GET; a coarse backoff here would add up to its own length to
+/// every start).
+const READY_POLL_FIRST_MS: u64 = 25;
+/// After this long, polls back off (doubling) up to the maximum.
+const READY_POLL_FAST_FOR_MS: u64 = 5_000;
 /// Longest pause between readiness polls.
 const READY_POLL_MAX_MS: u64 = 1_000;
 /// Deadline of one health or connections request to a session.
@@ -367,7 +371,9 @@ impl SessionManager {
                 return;
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(READY_POLL_MAX_MS));
+            if started.elapsed() > Duration::from_millis(READY_POLL_FAST_FOR_MS) {
+                pause = (pause * 2).min(Duration::from_millis(READY_POLL_MAX_MS));
+            }
         }
     }
 
@@ -450,6 +456,7 @@ impl SessionManager {
             tracing::info!(sessions = keys.len(), "stopping notebook sessions");
         }
         futures_util::future::join_all(keys.iter().map(|k| self.stop(k, Some("server shut down".into())))).await;
+        self.backend.close();
     }
 
     /// Runs health checks and idle culling every

@@ -105,7 +105,7 @@ impl Cgroups {
             Ok(Some(dir))
         };
         let cpu = optional("cpu", "cpu.cfs_quota_us")?;
-        let pids = optional("pids", "pids.max").or_else(|_| Ok::<_, std::io::Error>(None))?;
+        let pids = optional("pids", "cgroup.procs")?;
         Ok(Mode::V1 { memory, cpu, pids })
     }
 
@@ -119,6 +119,18 @@ impl Cgroups {
                 if pids.is_some() { ", pids" } else { "" }
             ),
             None => format!("none ({})", self.why_not),
+        }
+    }
+
+    /// Removes this instance's (empty) parent cgroups at shutdown.
+    pub fn remove_parents(&self) {
+        let dirs: Vec<&PathBuf> = match &self.mode {
+            Some(Mode::V2 { parent }) => vec![parent],
+            Some(Mode::V1 { memory, cpu, pids }) => std::iter::once(memory).chain(cpu.iter()).chain(pids.iter()).collect(),
+            None => Vec::new(),
+        };
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
         }
     }
 

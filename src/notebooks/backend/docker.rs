@@ -73,6 +73,8 @@ impl DockerBackend {
         }
         let sessions_dir = run_dir.join("sessions");
         std::fs::create_dir_all(&sessions_dir).with_context(|| format!("creating {}", sessions_dir.display()))?;
+        // Token files: the daemon's user only (bind mounts ignore this).
+        std::fs::set_permissions(&sessions_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let ooms = Arc::new(Mutex::new(HashSet::new()));
         tokio::spawn(watch_ooms(docker.clone(), instance.clone(), ooms.clone()));
         Ok(Self { docker, image: config.docker_image.clone(), limits, instance, sessions_dir, ooms })

@@ -154,6 +154,13 @@ impl Backend {
         }
     }
 
+    /// Releases the backend's own resources once every session is stopped.
+    pub fn close(&self) {
+        if let Backend::Process(p) = self {
+            p.close();
+        }
+    }
+
     /// The last lines of the session's server output, for failure reasons.
     pub async fn output_tail(&self, handle: &Handle) -> String {
         match (self, handle) {

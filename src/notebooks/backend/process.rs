@@ -74,6 +74,8 @@ impl ProcessBackend {
         }
         let sessions_dir = run_dir.join("sessions");
         std::fs::create_dir_all(&sessions_dir).with_context(|| format!("creating {}", sessions_dir.display()))?;
+        // Session logs hold marimo's token: the daemon's user only.
+        std::fs::set_permissions(&sessions_dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let cgroups = Cgroups::detect(&config.cgroup_root, &instance);
         if cgroups.available() {
             tracing::info!(limits = %cgroups.describe(), "notebook sessions are limited by cgroups");
@@ -260,6 +262,11 @@ impl ProcessBackend {
             }
         }
         found + self.cgroups.sweep()
+    }
+
+    /// Removes what the backend made for itself (parent cgroups).
+    pub fn close(&self) {
+        self.cgroups.remove_parents();
     }
 
     /// The end of the server's log.

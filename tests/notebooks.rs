@@ -1,0 +1,592 @@
+//! Notebook sessions with a real marimo: the process backend (cgroup limits
+//! where the host has them) and the Docker backend against a real dockerd.
+//! Every session is reached only through DuckPond's proxy, over loopback.
+//!
+//! Environment (set by `make test`): DUCKPOND_TEST_NOTEBOOK_ENV (a venv with
+//! marimo, duckdb and the ducklake extension, built by .ci/notebook-env.sh)
+//! and, for the Docker tests, a running engine with the image
+//! DUCKPOND_TEST_NOTEBOOK_IMAGE (built by .ci/notebook-image.sh).
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{error_of, json_of, Backend, Server, TestEnv};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, stream::MaybeTlsStream, Message, WebSocket};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const OUTPUT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn notebook_env() -> PathBuf {
+    std::env::var_os("DUCKPOND_TEST_NOTEBOOK_ENV").map(PathBuf::from).expect(
+        "DUCKPOND_TEST_NOTEBOOK_ENV is not set: run the suite with `make test` (it builds the notebook venv with .ci/notebook-env.sh)",
+    )
+}
+
+fn notebook_image() -> String {
+    std::env::var("DUCKPOND_TEST_NOTEBOOK_IMAGE").expect(
+        "DUCKPOND_TEST_NOTEBOOK_IMAGE is not set: run the suite with `make test` (it starts dockerd and builds the image)",
+    )
+}
+
+/// A home whose notebooks use `ports` and the given extra `notebooks:` keys.
+fn env_with(ports: (u16, u16), notebooks_extra: &str, limits: &str) -> TestEnv {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.write_config(&format!(
+        "notebooks:\n  python_env: {}\n  port_range: {}-{}\n  memory_limit_mb: 1024\n  stop_grace_period_ms: 1000\n{notebooks_extra}{limits}",
+        notebook_env().display(),
+        ports.0,
+        ports.1
+    ));
+    env
+}
+
+fn post(server: &Server, path: &str, key: &str, body: Value) -> reqwest::blocking::Response {
+    server.http.post(server.url(path)).header("X-API-Key", key).json(&body).send().unwrap()
+}
+
+fn create_notebook(server: &Server, key: &str, name: &str) -> String {
+    let v = json_of(post(server, "/api/notebooks", key, json!({ "name": name })), 201);
+    assert_eq!(v["session"]["state"], "stopped");
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn start(server: &Server, key: &str, id: &str) -> Value {
+    let res = server
+        .http
+        .post(server.url(&format!("/api/notebooks/{id}/start?wait=true")))
+        .header("X-API-Key", key)
+        .timeout(READY_TIMEOUT)
+        .send()
+        .unwrap();
+    json_of(res, 200)
+}
+
+fn start_ready(server: &Server, key: &str, id: &str) {
+    let v = start(server, key, id);
+    assert_eq!(v["state"], "ready", "{v}");
+    assert_eq!(v["url"], format!("/notebooks/{id}/"));
+}
+
+fn session(server: &Server, key: &str, id: &str) -> Value {
+    json_of(server.get(&format!("/api/notebooks/{id}/session"), Some(key)), 200)
+}
+
+/// Polls the session until `pred` holds.
+fn wait_session(server: &Server, key: &str, id: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = session(server, key, id);
+        if pred(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "session never reached the expected state: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn upload_csv(server: &Server, key: &str, table: &str, csv: &str) {
+    let res = server
+        .http
+        .post(server.url(&format!("/api/datasets/{table}/upload?wait=committed")))
+        .header("X-API-Key", key)
+        .header("Content-Type", "text/csv")
+        .body(csv.to_string())
+        .send()
+        .unwrap();
+    json_of(res, 200);
+}
+
+fn proxied_health(server: &Server, key: &str, id: &str) -> reqwest::blocking::Response {
+    server.get(&format!("/notebooks/{id}/health"), Some(key))
+}
+
+/// A marimo kernel reached through the proxy's websocket.
+struct Kernel {
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    session_id: String,
+    server_token: String,
+    setup_code: String,
+}
+
+impl Kernel {
+    /// Loads the editor page (for marimo's skew-protection token), opens the
+    /// kernel websocket and waits for `kernel-ready`.
+    fn open(server: &Server, key: &str, id: &str) -> Kernel {
+        let page = server.get(&format!("/notebooks/{id}/"), Some(key));
+        assert_eq!(page.status(), 200);
+        let html = page.text().unwrap();
+        assert!(!html.contains("Login"), "marimo's login page reached the user");
+        let server_token = html
+            .split("server-token data-token=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("marimo's server token in the page")
+            .to_string();
+        let session_id = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let ws_url = format!("{}/notebooks/{id}/ws?session_id={session_id}", server.url.replace("http://", "ws://"));
+        let mut req = ws_url.into_client_request().unwrap();
+        req.headers_mut().insert("X-API-Key", key.parse().unwrap());
+        let (mut ws, res) = tungstenite::connect(req).expect("websocket through the proxy");
+        assert_eq!(res.status(), 101);
+        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let mut kernel = Kernel { ws, session_id, server_token, setup_code: String::new() };
+        let ready = kernel.next_op("kernel-ready", OUTPUT_TIMEOUT, |_| true);
+        let ids = ready["data"]["cell_ids"].as_array().unwrap();
+        let pos = ids.iter().position(|c| c == "setup").expect("the template has a setup cell");
+        kernel.setup_code = ready["data"]["codes"][pos].as_str().unwrap().to_string();
+        kernel
+    }
+
+    /// Reads messages until one with `op` satisfies `pred`. Pings from the
+    /// server are answered by tungstenite (they pass the proxy both ways).
+    fn next_op(&mut self, op: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            assert!(Instant::now() < deadline, "no {op} message within {limit:?}");
+            match self.ws.read() {
+                Ok(Message::Text(t)) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["op"] == op && pred(&v) {
+                        return v;
+                    }
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("websocket failed: {e}"),
+            }
+        }
+    }
+
+    /// Runs cells (id, code) through marimo's HTTP API; results arrive on
+    /// the websocket.
+    fn run(&mut self, server: &Server, key: &str, id: &str, cells: &[(&str, &str)]) {
+        let body = json!({
+            "cellIds": cells.iter().map(|c| c.0).collect::<Vec<_>>(),
+            "codes": cells.iter().map(|c| c.1).collect::<Vec<_>>(),
+        });
+        let res = server
+            .http
+            .post(server.url(&format!("/notebooks/{id}/api/kernel/run")))
+            .header("X-API-Key", key)
+            .header("Marimo-Session-Id", &self.session_id)
+            .header("Marimo-Server-Token", &self.server_token)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(res.status(), 200, "{}", res.text().unwrap());
+    }
+
+    /// The output of `cell` once it has one (errors included, as JSON).
+    fn output(&mut self, cell: &str) -> Value {
+        let v = self.next_op("cell-op", OUTPUT_TIMEOUT, |v| v["data"]["cell_id"] == cell && !v["data"]["output"].is_null());
+        v["data"]["output"].clone()
+    }
+
+    /// Runs the setup cell and `code` as cell `probe`; returns the probe's
+    /// output text, panicking on an error output.
+    fn eval(&mut self, server: &Server, key: &str, id: &str, code: &str) -> String {
+        let setup = self.setup_code.clone();
+        self.run(server, key, id, &[("setup", &setup), ("probe", code)]);
+        let out = self.output("probe");
+        assert_ne!(out["channel"], "marimo-error", "cell failed: {out}");
+        out["data"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// Pids of processes whose command line serves notebook `id`.
+fn marimo_pids(id: &str) -> Vec<i32> {
+    let needle = format!("/notebooks/{id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+/// The loopback port serving notebook `id`, found by asking each port of
+/// the range (the API never shows it).
+fn session_port(ports: (u16, u16), id: &str) -> u16 {
+    let http = reqwest::blocking::Client::builder().no_proxy().timeout(Duration::from_secs(1)).build().unwrap();
+    (ports.0..=ports.1)
+        .find(|p| {
+            http.get(format!("http://127.0.0.1:{p}/notebooks/{id}/health"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .expect("a port serving the session")
+}
+
+fn kill9(pid: u32) {
+    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+}
+
+#[test]
+fn notebook_files_api_validates_and_isolates() {
+    let env = env_with((20_000, 20_001), "", "");
+    let (_, alice) = env.create_account("alice");
+    let (_, bob) = env.create_account("bob");
+    let server = env.serve();
+    let id = create_notebook(&server, &alice, "report");
+    let detail = json_of(server.get(&format!("/api/notebooks/{id}"), Some(&alice)), 200);
+    assert!(detail["content"].as_str().unwrap().contains("READ_ONLY"), "the template attaches the lake read-only");
+    assert!(detail["content"].as_str().unwrap().contains("with app.setup:"));
+    // Names: duplicates (any case) 409, bad names 400, too large 413.
+    error_of(post(&server, "/api/notebooks", &alice, json!({ "name": "REPORT" })), 409, "conflict");
+    for bad in ["", "../x", "a/b", " x", "x\u{0}"] {
+        error_of(post(&server, "/api/notebooks", &alice, json!({ "name": bad })), 400, "bad_request");
+    }
+    let big = "x".repeat(5 * 1024 * 1024);
+    error_of(post(&server, "/api/notebooks", &alice, json!({ "name": "big", "content": big })), 413, "payload_too_large");
+    // Path tricks in ids are 400 before touching the disk.
+    for bad in ["..%2F..%2Fetc", "0123456789ABCDEF", "zzzzzzzzzzzzzzzz", "abc"] {
+        error_of(server.get(&format!("/api/notebooks/{bad}"), Some(&alice)), 400, "bad_request");
+    }
+    // Rename and replace content; the listing shows it.
+    let res = server
+        .http
+        .put(server.url(&format!("/api/notebooks/{id}")))
+        .header("X-API-Key", &alice)
+        .json(&json!({ "name": "Report 2026", "content": "import marimo\napp = marimo.App()\n" }))
+        .send()
+        .unwrap();
+    assert_eq!(json_of(res, 200)["name"], "Report 2026");
+    let list = json_of(server.get("/api/notebooks", Some(&alice)), 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["session"]["state"], "stopped");
+    // Bob sees none of it and can touch none of it.
+    assert_eq!(json_of(server.get("/api/notebooks", Some(&bob)), 200), json!([]));
+    error_of(server.get(&format!("/api/notebooks/{id}"), Some(&bob)), 404, "not_found");
+    let put = server
+        .http
+        .put(server.url(&format!("/api/notebooks/{id}")))
+        .header("X-API-Key", &bob)
+        .json(&json!({ "content": "pwned" }))
+        .send()
+        .unwrap();
+    error_of(put, 404, "not_found");
+    error_of(post(&server, &format!("/api/notebooks/{id}/start"), &bob, json!({})), 404, "not_found");
+    error_of(post(&server, &format!("/api/notebooks/{id}/stop"), &bob, json!({})), 404, "not_found");
+    error_of(server.get(&format!("/api/notebooks/{id}/session"), Some(&bob)), 404, "not_found");
+    let del = server.http.delete(server.url(&format!("/api/notebooks/{id}"))).header("X-API-Key", &bob).send().unwrap();
+    error_of(del, 404, "not_found");
+    error_of(server.get("/api/notebooks", None), 401, "unauthorized");
+    // Alice deletes it: gone from disk too.
+    let del = server.http.delete(server.url(&format!("/api/notebooks/{id}"))).header("X-API-Key", &alice).send().unwrap();
+    assert_eq!(del.status(), 204);
+    error_of(server.get(&format!("/api/notebooks/{id}"), Some(&alice)), 404, "not_found");
+}
+
+#[test]
+fn process_session_runs_a_cell_over_the_proxied_websocket() {
+    let ports = (20_010, 20_012);
+    let env = env_with(ports, "", "");
+    let (account, key) = env.create_account("alice");
+    let server = env.serve();
+    upload_csv(&server, &key, "sales", "region,amount\neu,1\nus,2\n");
+    let id = create_notebook(&server, &key, "analysis");
+    start_ready(&server, &key, &id);
+    let account_view = json_of(server.get("/api/account", Some(&key)), 200);
+    assert_eq!(account_view["usage"]["notebook_sessions"], 1);
+
+    // Proxied health; marimo's own auth is satisfied by the proxy.
+    let res = proxied_health(&server, &key, &id);
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().unwrap()["status"], "healthy");
+    // Straight to marimo without its token: refused by marimo.
+    let port = session_port(ports, &id);
+    let direct = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let res = direct.get(format!("http://127.0.0.1:{port}/notebooks/{id}/api/status/connections")).send().unwrap();
+    assert!(res.status() == 401 || res.status() == 403 || res.status().is_redirection(), "{}", res.status());
+    // The session does not see the daemon's environment (admin key, DB URL).
+    let mut kernel = Kernel::open(&server, &key, &id);
+    let out = kernel.eval(&server, &key, &id, "duckdb.sql('SELECT sum(amount) * 1000 + 7 FROM sales').fetchone()[0]");
+    assert!(out.contains("3007"), "{out}");
+    let env_keys = kernel.eval(&server, &key, &id, "sorted(k for k in os.environ if 'ADMIN' in k or 'DATABASE' in k)");
+    assert!(env_keys.contains("[]"), "daemon secrets leaked into the session: {env_keys}");
+    // The lake is read-only from the notebook.
+    kernel.run(&server, &key, &id, &[("write", "duckdb.sql('INSERT INTO sales VALUES (\\'x\\', 9)')")]);
+    let out = kernel.output("write");
+    assert_eq!(out["channel"], "marimo-error", "a notebook wrote to the lake: {out}");
+    drop(kernel);
+
+    let v = json_of(post(&server, &format!("/api/notebooks/{id}/stop"), &key, json!({})), 200);
+    assert_eq!(v["state"], "stopped");
+    error_of(proxied_health(&server, &key, &id), 409, "conflict");
+    assert!(marimo_pids(&id).is_empty(), "marimo still runs after stop");
+    let _ = account;
+}
+
+#[test]
+fn idle_sessions_are_culled_but_open_editors_are_not() {
+    let env = env_with((20_020, 20_021), "  session_timeout_seconds: 3\n  health_check_interval_seconds: 1\n", "");
+    let (_, key) = env.create_account("alice");
+    let server = env.serve();
+    let id = create_notebook(&server, &key, "idle");
+    start_ready(&server, &key, &id);
+    // An open editor websocket keeps it alive well past the timeout.
+    let kernel = Kernel::open(&server, &key, &id);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(session(&server, &key, &id)["state"], "ready");
+    drop(kernel);
+    let v = wait_session(&server, &key, &id, Duration::from_secs(20), |v| v["state"] == "stopped");
+    assert!(v["reason"].as_str().unwrap().contains("without activity"), "{v}");
+    assert!(marimo_pids(&id).is_empty(), "a culled session still runs");
+}
+
+#[test]
+fn a_crashed_marimo_is_marked_failed_and_can_restart() {
+    let env = env_with((20_030, 20_031), "  health_check_interval_seconds: 1\n", "");
+    let (_, key) = env.create_account("alice");
+    let server = env.serve();
+    let id = create_notebook(&server, &key, "crashy");
+    start_ready(&server, &key, &id);
+    let pids = marimo_pids(&id);
+    assert!(!pids.is_empty());
+    for pid in pids {
+        kill9(pid as u32);
+    }
+    let v = wait_session(&server, &key, &id, Duration::from_secs(20), |v| v["state"] == "failed");
+    assert!(v["reason"].as_str().unwrap().contains("exited"), "{v}");
+    error_of(proxied_health(&server, &key, &id), 409, "conflict");
+    // Its port was freed: a restart (on a two-port range) works.
+    start_ready(&server, &key, &id);
+    assert_eq!(proxied_health(&server, &key, &id).status(), 200);
+}
+
+#[test]
+fn session_caps_and_port_exhaustion_are_clear_errors() {
+    // Two ports; one session per account.
+    let env = env_with((20_040, 20_041), "", "limits:\n  default_max_notebook_sessions: 1\n");
+    let (_, alice) = env.create_account("alice");
+    let (_, bob) = env.create_account("bob");
+    let (_, carol) = env.create_account("carol");
+    let server = env.serve();
+    let a1 = create_notebook(&server, &alice, "one");
+    let a2 = create_notebook(&server, &alice, "two");
+    let b1 = create_notebook(&server, &bob, "one");
+    let c1 = create_notebook(&server, &carol, "one");
+    start_ready(&server, &alice, &a1);
+    // Starting a live session again is not a second session.
+    assert_eq!(start(&server, &alice, &a1)["state"], "ready");
+    let res = post(&server, &format!("/api/notebooks/{a2}/start"), &alice, json!({}));
+    assert!(res.headers().get("retry-after").is_some());
+    let msg = error_of(res, 429, "too_many_requests");
+    assert!(msg.contains("max_notebook_sessions"), "{msg}");
+    start_ready(&server, &bob, &b1);
+    let res = post(&server, &format!("/api/notebooks/{c1}/start"), &carol, json!({}));
+    assert!(res.headers().get("retry-after").is_some());
+    let msg = error_of(res, 503, "unavailable");
+    assert!(msg.contains("notebooks.port_range"), "{msg}");
+    // A stop frees both the account's slot and the port.
+    json_of(post(&server, &format!("/api/notebooks/{a1}/stop"), &alice, json!({})), 200);
+    start_ready(&server, &carol, &c1);
+}
+
+#[test]
+fn one_account_cannot_reach_another_accounts_session() {
+    let ports = (20_050, 20_051);
+    let env = env_with(ports, "", "");
+    let (_, alice) = env.create_account("alice");
+    let (_, bob) = env.create_account("bob");
+    let server = env.serve();
+    let id = create_notebook(&server, &alice, "secret");
+    start_ready(&server, &alice, &id);
+    // Through the proxy with bob's key: as if there were no session.
+    let msg = error_of(proxied_health(&server, &bob, &id), 409, "conflict");
+    assert!(!msg.contains("alice"), "{msg}");
+    error_of(server.get(&format!("/notebooks/{id}/"), Some(&bob)), 409, "conflict");
+    // Without a key, with a wrong key.
+    error_of(proxied_health(&server, "", &id), 401, "unauthorized");
+    error_of(server.get(&format!("/notebooks/{id}/health"), None), 401, "unauthorized");
+    // Bob's websocket is refused before any upgrade.
+    let ws_url = format!("{}/notebooks/{id}/ws?session_id=x", server.url.replace("http://", "ws://"));
+    let mut req = ws_url.clone().into_client_request().unwrap();
+    req.headers_mut().insert("X-API-Key", bob.parse().unwrap());
+    match tungstenite::connect(req) {
+        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 409),
+        other => panic!("bob's websocket was not refused: {:?}", other.map(|(_, r)| r.status())),
+    }
+    // A cross-site websocket carrying alice's credentials is refused too.
+    let mut req = ws_url.into_client_request().unwrap();
+    req.headers_mut().insert("X-API-Key", alice.parse().unwrap());
+    req.headers_mut().insert("Origin", "http://evil.example".parse().unwrap());
+    match tungstenite::connect(req) {
+        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 403),
+        other => panic!("cross-origin websocket accepted: {:?}", other.map(|(_, r)| r.status())),
+    }
+    // Alice's key never reaches marimo, and marimo's cookie never reaches
+    // the browser.
+    let res = server.get(&format!("/notebooks/{id}/"), Some(&alice));
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("set-cookie").is_none());
+    // Directly on the port, without marimo's token: refused.
+    let port = session_port(ports, &id);
+    let direct = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
+    let res = direct
+        .get(format!("http://127.0.0.1:{port}/notebooks/{id}/api/status/connections"))
+        .header("Authorization", format!("Bearer {bob}"))
+        .send()
+        .unwrap();
+    assert!(!res.status().is_success(), "marimo accepted bob's DuckPond key: {}", res.status());
+    // The token is not on marimo's command line (it came on stdin).
+    for pid in marimo_pids(&id) {
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!cmdline.contains("--token-password\0"), "token on the command line: {cmdline:?}");
+    }
+    // Deleting bob's account does not touch alice's session.
+    let res = server.admin(reqwest::Method::DELETE, "/api/admin/accounts/bob").send().unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(proxied_health(&server, &alice, &id).status(), 200);
+}
+
+#[test]
+fn orphans_of_a_killed_daemon_are_removed_at_start() {
+    let env = env_with((20_060, 20_061), "", "");
+    let (_, key) = env.create_account("alice");
+    let server = env.serve();
+    let id = create_notebook(&server, &key, "orphan");
+    start_ready(&server, &key, &id);
+    let pids = marimo_pids(&id);
+    assert!(!pids.is_empty());
+    kill9(server.pid());
+    drop(server);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pids.iter().any(|&p| alive(p)), "marimo died with the daemon: nothing to sweep");
+    let server = env.serve();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(Instant::now() < deadline, "orphaned marimo {pids:?} still runs after the restart");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The notebook starts again on the same ports.
+    assert_eq!(session(&server, &key, &id)["state"], "stopped");
+    start_ready(&server, &key, &id);
+}
+
+#[test]
+fn a_cell_past_the_memory_limit_kills_only_its_own_session() {
+    let env = env_with(
+        (20_070, 20_072),
+        "  health_check_interval_seconds: 1\n  memory_limit_mb: 600\n",
+        "",
+    );
+    let (_, alice) = env.create_account("alice");
+    let (_, bob) = env.create_account("bob");
+    let server = env.serve();
+    let greedy = create_notebook(&server, &alice, "greedy");
+    let calm = create_notebook(&server, &bob, "calm");
+    start_ready(&server, &alice, &greedy);
+    start_ready(&server, &bob, &calm);
+    let mut kernel = Kernel::open(&server, &alice, &greedy);
+    // 2 GiB, every page written.
+    kernel.run(&server, &alice, &greedy, &[("hog", "_hog = b'x' * (2 * 1024 * 1024 * 1024)")]);
+    let v = wait_session(&server, &alice, &greedy, Duration::from_secs(60), |v| v["state"] == "failed");
+    assert!(v["reason"].as_str().unwrap().contains("out of memory"), "{v}");
+    assert!(marimo_pids(&greedy).is_empty(), "the failed session was not cleaned up");
+    // Bob's session and the daemon are untouched.
+    assert_eq!(session(&server, &bob, &calm)["state"], "ready");
+    assert_eq!(proxied_health(&server, &bob, &calm).status(), 200);
+    assert_eq!(server.get("/healthz", None).status(), 200);
+}
+
+// ---- Docker backend ----
+
+fn docker_env(ports: (u16, u16), extra: &str) -> TestEnv {
+    env_with(ports, &format!("  backend: docker\n  docker_image: {}\n{extra}", notebook_image()), "")
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("running docker");
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn containers_of(id: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("label=duckpond.notebook={id}")]).lines().map(String::from).collect()
+}
+
+#[test]
+fn docker_session_is_limited_isolated_and_removed() {
+    let env = docker_env((20_080, 20_081), "  memory_limit_mb: 700\n  health_check_interval_seconds: 1\n");
+    let (account, key) = env.create_account("alice");
+    let server = env.serve();
+    upload_csv(&server, &key, "sales", "region,amount\neu,1\nus,2\n");
+    let id = create_notebook(&server, &key, "in a box");
+    start_ready(&server, &key, &id);
+    let containers = containers_of(&id);
+    assert_eq!(containers.len(), 1);
+    let inspect: Value = serde_json::from_str(&docker(&["inspect", &containers[0]])).unwrap();
+    let c = &inspect[0];
+    assert_eq!(c["Config"]["Labels"]["duckpond.account"], account["id"]);
+    assert_eq!(c["HostConfig"]["Memory"], 700 * 1024 * 1024);
+    assert_eq!(c["HostConfig"]["ReadonlyRootfs"], true);
+    assert_eq!(c["HostConfig"]["NetworkMode"], "host");
+    assert!(c["HostConfig"]["PidsLimit"].as_i64().unwrap() > 0);
+    assert!(c["HostConfig"]["CpuQuota"].as_i64().unwrap() > 0);
+    assert!(c["Config"]["User"].as_str().unwrap() != "", "runs as root");
+    assert!(!c["Config"]["Cmd"].to_string().contains("--token-password\""), "token on the command line");
+    let binds = c["HostConfig"]["Binds"].to_string();
+    assert!(binds.contains(":/lake:ro"), "{binds}");
+
+    // The kernel reads the account's lake through the read-only mount and
+    // can write neither the lake nor the image.
+    let mut kernel = Kernel::open(&server, &key, &id);
+    let out = kernel.eval(&server, &key, &id, "duckdb.sql('SELECT sum(amount) * 1000 + 7 FROM sales').fetchone()[0]");
+    assert!(out.contains("3007"), "{out}");
+    kernel.run(&server, &key, &id, &[("w1", "open('/lake/data/evil.parquet', 'w')")]);
+    assert_eq!(kernel.output("w1")["channel"], "marimo-error");
+    kernel.run(&server, &key, &id, &[("w2", "open('/opt/nb/evil', 'w')")]);
+    assert_eq!(kernel.output("w2")["channel"], "marimo-error");
+    // Past its memory cap the session fails with a reason; the container goes.
+    kernel.run(&server, &key, &id, &[("hog", "_hog = b'x' * (2 * 1024 * 1024 * 1024)")]);
+    let v = wait_session(&server, &key, &id, Duration::from_secs(60), |v| v["state"] == "failed");
+    assert!(v["reason"].as_str().unwrap().contains("out of memory"), "{v}");
+    drop(kernel);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !containers_of(&id).is_empty() {
+        assert!(Instant::now() < deadline, "failed session's container not removed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A fresh start, then an explicit stop removes the container.
+    start_ready(&server, &key, &id);
+    assert_eq!(proxied_health(&server, &key, &id).status(), 200);
+    json_of(post(&server, &format!("/api/notebooks/{id}/stop"), &key, json!({})), 200);
+    assert!(containers_of(&id).is_empty(), "container left after stop");
+}
+
+#[test]
+fn docker_orphans_of_a_killed_daemon_are_removed_at_start() {
+    let env = docker_env((20_090, 20_091), "");
+    let (_, key) = env.create_account("alice");
+    let server = env.serve();
+    let id = create_notebook(&server, &key, "orphan");
+    start_ready(&server, &key, &id);
+    assert_eq!(containers_of(&id).len(), 1);
+    kill9(server.pid());
+    drop(server);
+    assert_eq!(containers_of(&id).len(), 1, "the container should outlive a kill -9 of the daemon");
+    let server = env.serve();
+    assert!(containers_of(&id).is_empty(), "orphaned container survived the restart");
+    start_ready(&server, &key, &id);
+    // Graceful shutdown removes it too.
+    server.terminate();
+    assert!(containers_of(&id).is_empty(), "container left after shutdown");
+}

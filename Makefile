@@ -15,7 +15,7 @@ TEST_NOTEBOOK_ENV ?= $(HOME)/.cache/duckpond/notebook-venv
 TEST_NOTEBOOK_IMAGE ?= duckpond-notebook:latest
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 
-.PHONY: run test build extensions services fmt lint bench-wal bench-compactor bench-ingest bench-prometheus proto
+.PHONY: run test build extensions services fmt lint bench-wal bench-compactor bench-ingest bench-prometheus bench-notebooks proto
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -65,6 +65,12 @@ bench-ingest:
 bench-prometheus:
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench prometheus
+
+## Notebook cold start to ready, per backend, next to bare marimo / docker run (docs/BENCHMARKS.md).
+bench-notebooks: services
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_NOTEBOOK_ENV=$(TEST_NOTEBOOK_ENV) \
+	DUCKPOND_TEST_NOTEBOOK_IMAGE=$(TEST_NOTEBOOK_IMAGE) cargo bench --locked --bench notebooks
 
 ## Regenerate schema/src/generated/ from schema/proto/ (needs protoc).
 proto:

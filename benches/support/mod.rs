@@ -21,12 +21,17 @@ pub fn wait_drained(http: &reqwest::blocking::Client, url: &str, key: &str) {
 }
 
 pub fn start(dir: &Path, ext: &str) -> (Child, String, String) {
+    start_with(dir, ext, "")
+}
+
+/// [`start`] with more YAML appended to the config.
+pub fn start_with(dir: &Path, ext: &str, extra_yaml: &str) -> (Child, String, String) {
     let bin = env!("CARGO_BIN_EXE_duckpond");
     std::fs::write(
         dir.join("config.yaml"),
         format!(
             "duckdb:\n  extension_directory: {ext}\n  threads: {THREADS}\nlimits:\n  max_file_size_mb: 2000\n  \
-             default_max_ingest_bytes_per_s: 0\nwal:\n  max_uncompacted_bytes: 4294967296\n"
+             default_max_ingest_bytes_per_s: 0\nwal:\n  max_uncompacted_bytes: 4294967296\n{extra_yaml}"
         ),
     )
     .unwrap();
@@ -50,7 +55,8 @@ pub fn start(dir: &Path, ext: &str) -> (Child, String, String) {
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     while !line.contains("listening on") {
         line.clear();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the daemon exited before listening (status {:?})", child.wait());
     }
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(300));

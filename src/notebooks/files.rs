@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn create_list_update_delete() {
         let dir = tempfile::tempdir().unwrap();
-        let store = NotebookStore::new(dir.path().join("notebooks"), 1000_000);
+        let store = NotebookStore::new(dir.path().join("notebooks"), 1_000_000);
         std::fs::create_dir_all(dir.path().join("notebooks")).unwrap();
         let a = store.create("Alpha", None).unwrap();
         let id = NotebookId::parse(&a.id).unwrap();

@@ -89,23 +89,19 @@ fn bindable(port: u16) -> bool {
 mod tests {
     use super::*;
 
-    fn free_range(n: u16) -> PortRange {
-        // A range the OS is not using right now: probe from a high base.
-        let mut first = 41_000;
-        'outer: loop {
-            for p in first..first + n {
-                if !bindable(p) {
-                    first = p + 1;
-                    continue 'outer;
-                }
-            }
-            return PortRange { first, last: first + n - 1 };
+    /// A range the OS is not using right now, from `base` up (each test
+    /// has its own base: tests run in parallel).
+    fn free_range(base: u16, n: u16) -> PortRange {
+        let mut first = base;
+        while let Some(busy) = (first..first + n).find(|&p| !bindable(p)) {
+            first = busy + 1;
         }
+        PortRange { first, last: first + n - 1 }
     }
 
     #[test]
     fn leases_are_exclusive_and_released_on_drop() {
-        let pool = PortPool::new(free_range(3));
+        let pool = PortPool::new(free_range(41_000, 3));
         let a = pool.lease().unwrap();
         let b = pool.lease().unwrap();
         let c = pool.lease().unwrap();
@@ -121,16 +117,17 @@ mod tests {
 
     #[test]
     fn ports_held_by_others_are_skipped() {
-        let range = free_range(2);
+        let range = free_range(42_000, 2);
         let _held = TcpListener::bind((Ipv4Addr::LOCALHOST, range.first)).unwrap();
         let pool = PortPool::new(range);
-        assert_eq!(pool.lease().unwrap().port(), range.last);
+        let only = pool.lease().unwrap();
+        assert_eq!(only.port(), range.last);
         assert!(pool.lease().is_none());
     }
 
     #[test]
     fn concurrent_leases_never_collide() {
-        let pool = PortPool::new(free_range(40));
+        let pool = PortPool::new(free_range(43_000, 40));
         let leases: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8).map(|_| s.spawn(|| (0..5).filter_map(|_| pool.lease()).collect::<Vec<_>>())).collect();
             handles.into_iter().flat_map(|h| h.join().unwrap()).collect()

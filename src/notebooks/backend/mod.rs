@@ -73,7 +73,7 @@ impl Limits {
 #[derive(Debug)]
 pub enum Handle {
     /// A local process tree.
-    Process(process::ProcessHandle),
+    Process(Box<process::ProcessHandle>),
     /// A container.
     Docker(docker::ContainerHandle),
 }
@@ -121,7 +121,7 @@ impl Backend {
     /// Starts a session's server (not waiting for it to be ready).
     pub async fn launch(&self, spec: &LaunchSpec) -> anyhow::Result<Handle> {
         match self {
-            Backend::Process(p) => p.launch(spec).await.map(Handle::Process),
+            Backend::Process(p) => p.launch(spec).await.map(|h| Handle::Process(Box::new(h))),
             Backend::Docker(d) => d.launch(spec).await.map(Handle::Docker),
         }
     }

@@ -355,7 +355,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         kill_tree(None, &format!("test-{}", std::process::id()));
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
         assert!(processes_with_env(&marker).is_empty());
-        let _ = child.wait();
     }
 }

@@ -119,7 +119,10 @@ fn main() {
         rounds,
     );
     let (a, b) = (p50(ours), p50(bare));
-    println!("notebook start, process backend: p50 {a:.2} s through DuckPond; bare marimo edit {b:.2} s; ratio {:.2}", a / b);
+    println!(
+        "notebook start, process backend: p50 {a:.2} s through DuckPond; bare marimo edit {b:.2} s; ratio {:.2}",
+        a / b
+    );
 
     // Docker backend and a bare `docker run` of the same image.
     let Some(image) = image else {
@@ -150,5 +153,8 @@ fn main() {
         rounds,
     );
     let (a, b) = (p50(ours), p50(bare));
-    println!("notebook start, docker backend: p50 {a:.2} s through DuckPond; bare docker run {b:.2} s; ratio {:.2}", a / b);
+    println!(
+        "notebook start, docker backend: p50 {a:.2} s through DuckPond; bare docker run {b:.2} s; ratio {:.2}",
+        a / b
+    );
 }

@@ -186,7 +186,8 @@ impl Kernel {
 
     /// The output of `cell` once it has one (errors included, as JSON).
     fn output(&mut self, cell: &str) -> Value {
-        let v = self.next_op("cell-op", OUTPUT_TIMEOUT, |v| v["data"]["cell_id"] == cell && !v["data"]["output"].is_null());
+        let v =
+            self.next_op("cell-op", OUTPUT_TIMEOUT, |v| v["data"]["cell_id"] == cell && !v["data"]["output"].is_null());
         v["data"]["output"].clone()
     }
 
@@ -254,7 +255,11 @@ fn notebook_files_api_validates_and_isolates() {
         error_of(post(&server, "/api/notebooks", &alice, json!({ "name": bad })), 400, "bad_request");
     }
     let big = "x".repeat(5 * 1024 * 1024);
-    error_of(post(&server, "/api/notebooks", &alice, json!({ "name": "big", "content": big })), 413, "payload_too_large");
+    error_of(
+        post(&server, "/api/notebooks", &alice, json!({ "name": "big", "content": big })),
+        413,
+        "payload_too_large",
+    );
     // Path tricks in ids are 400 before touching the disk.
     for bad in ["..%2F..%2Fetc", "0123456789ABCDEF", "zzzzzzzzzzzzzzzz", "abc"] {
         error_of(server.get(&format!("/api/notebooks/{bad}"), Some(&alice)), 400, "bad_request");
@@ -289,7 +294,8 @@ fn notebook_files_api_validates_and_isolates() {
     error_of(del, 404, "not_found");
     error_of(server.get("/api/notebooks", None), 401, "unauthorized");
     // Alice deletes it: gone from disk too.
-    let del = server.http.delete(server.url(&format!("/api/notebooks/{id}"))).header("X-API-Key", &alice).send().unwrap();
+    let del =
+        server.http.delete(server.url(&format!("/api/notebooks/{id}"))).header("X-API-Key", &alice).send().unwrap();
     assert_eq!(del.status(), 204);
     error_of(server.get(&format!("/api/notebooks/{id}"), Some(&alice)), 404, "not_found");
 }
@@ -483,11 +489,7 @@ fn orphans_of_a_killed_daemon_are_removed_at_start() {
 
 #[test]
 fn a_cell_past_the_memory_limit_kills_only_its_own_session() {
-    let env = env_with(
-        (20_070, 20_072),
-        "  health_check_interval_seconds: 1\n  memory_limit_mb: 600\n",
-        "",
-    );
+    let env = env_with((20_070, 20_072), "  health_check_interval_seconds: 1\n  memory_limit_mb: 600\n", "");
     let (_, alice) = env.create_account("alice");
     let (_, bob) = env.create_account("bob");
     let server = env.serve();

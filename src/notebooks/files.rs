@@ -214,7 +214,10 @@ impl NotebookStore {
     }
 
     fn name_taken(&self, name: &str, except: Option<&NotebookId>) -> Result<bool, NotebookError> {
-        Ok(self.list()?.iter().any(|n| n.name.to_lowercase() == name.to_lowercase() && Some(n.id.as_str()) != except.map(|i| i.as_str())))
+        Ok(self
+            .list()?
+            .iter()
+            .any(|n| n.name.to_lowercase() == name.to_lowercase() && Some(n.id.as_str()) != except.map(|i| i.as_str())))
     }
 
     /// Creates a notebook (the template when `content` is None). The caller

@@ -84,13 +84,17 @@ pub enum NotebookError {
         limit: u64,
     },
     /// The account runs as many sessions as its quota allows.
-    #[error("the account already runs {running} notebook session(s), its limit (max_notebook_sessions); stop one first")]
+    #[error(
+        "the account already runs {running} notebook session(s), its limit (max_notebook_sessions); stop one first"
+    )]
     SessionLimit {
         /// Sessions running.
         running: u32,
     },
     /// Every port of `notebooks.port_range` is taken.
-    #[error("no free notebook port in {first}-{last} (notebooks.port_range): too many sessions on this server; retry later")]
+    #[error(
+        "no free notebook port in {first}-{last} (notebooks.port_range): too many sessions on this server; retry later"
+    )]
     PortsExhausted {
         /// First port of the range.
         first: u16,

@@ -129,7 +129,8 @@ mod tests {
     fn concurrent_leases_never_collide() {
         let pool = PortPool::new(free_range(43_000, 40));
         let leases: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| (0..5).filter_map(|_| pool.lease()).collect::<Vec<_>>())).collect();
+            let handles: Vec<_> =
+                (0..8).map(|_| s.spawn(|| (0..5).filter_map(|_| pool.lease()).collect::<Vec<_>>())).collect();
             handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
         });
         let ports: BTreeSet<u16> = leases.iter().map(|l| l.port()).collect();

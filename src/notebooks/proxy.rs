@@ -162,10 +162,9 @@ fn to_tungstenite(msg: ws::Message) -> tungstenite::Message {
         ws::Message::Binary(b) => tungstenite::Message::Binary(b),
         ws::Message::Ping(b) => tungstenite::Message::Ping(b),
         ws::Message::Pong(b) => tungstenite::Message::Pong(b),
-        ws::Message::Close(f) => tungstenite::Message::Close(f.map(|f| tungstenite::protocol::CloseFrame {
-            code: f.code.into(),
-            reason: f.reason.as_str().into(),
-        })),
+        ws::Message::Close(f) => tungstenite::Message::Close(
+            f.map(|f| tungstenite::protocol::CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() }),
+        ),
     }
 }
 

@@ -279,7 +279,8 @@ impl SessionManager {
                 return Err(NotebookError::SessionLimit { running });
             }
             let range = self.ports.range();
-            let lease = self.ports.lease().ok_or(NotebookError::PortsExhausted { first: range.first, last: range.last })?;
+            let lease =
+                self.ports.lease().ok_or(NotebookError::PortsExhausted { first: range.first, last: range.last })?;
             let session = Arc::new(Session {
                 id: uuid::Uuid::new_v4().simple().to_string(),
                 token: hex::encode(rand::random::<[u8; 24]>()),
@@ -288,7 +289,12 @@ impl SessionManager {
                 last_activity_ms: AtomicI64::new(Utc::now().timestamp_millis()),
                 open: AtomicUsize::new(0),
                 health_failures: AtomicU32::new(0),
-                inner: Mutex::new(Inner { state: SessionState::Starting, reason: None, handle: None, lease: Some(lease) }),
+                inner: Mutex::new(Inner {
+                    state: SessionState::Starting,
+                    reason: None,
+                    handle: None,
+                    lease: Some(lease),
+                }),
                 key: key.clone(),
             });
             sessions.insert(key.notebook.clone(), session.clone());
@@ -384,7 +390,8 @@ impl SessionManager {
 
     /// marimo's count of connected editors (None if it does not answer).
     async fn marimo_connections(&self, session: &Session) -> Option<u64> {
-        let url = format!("http://127.0.0.1:{}{}/api/status/connections", session.port, session.key.notebook.base_url());
+        let url =
+            format!("http://127.0.0.1:{}{}/api/status/connections", session.port, session.key.notebook.base_url());
         let r = self.http.get(url).bearer_auth(&session.token).send().await.ok()?;
         let v: serde_json::Value = r.json().await.ok()?;
         v.get("active").and_then(|a| a.as_u64())

@@ -47,7 +47,8 @@ pub struct SessionCgroup {
 }
 
 fn write(path: &Path, value: &str) -> std::io::Result<()> {
-    std::fs::write(path, value).map_err(|e| std::io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
+    std::fs::write(path, value)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
 }
 
 fn mkdir(path: &Path) -> std::io::Result<()> {
@@ -126,7 +127,9 @@ impl Cgroups {
     pub fn remove_parents(&self) {
         let dirs: Vec<&PathBuf> = match &self.mode {
             Some(Mode::V2 { parent }) => vec![parent],
-            Some(Mode::V1 { memory, cpu, pids }) => std::iter::once(memory).chain(cpu.iter()).chain(pids.iter()).collect(),
+            Some(Mode::V1 { memory, cpu, pids }) => {
+                std::iter::once(memory).chain(cpu.iter()).chain(pids.iter()).collect()
+            }
             None => Vec::new(),
         };
         for d in dirs {
@@ -204,11 +207,9 @@ impl Cgroups {
     fn session_dirs(&self, mode: &Mode, session: &str) -> Vec<PathBuf> {
         match mode {
             Mode::V2 { parent } => vec![parent.join(session)],
-            Mode::V1 { memory, cpu, pids } => std::iter::once(memory)
-                .chain(cpu.iter())
-                .chain(pids.iter())
-                .map(|p| p.join(session))
-                .collect(),
+            Mode::V1 { memory, cpu, pids } => {
+                std::iter::once(memory).chain(cpu.iter()).chain(pids.iter()).map(|p| p.join(session)).collect()
+            }
         }
     }
 

@@ -62,7 +62,12 @@ pub struct ContainerHandle {
 
 impl DockerBackend {
     /// Connects to the local engine and starts listening for OOM events.
-    pub async fn new(config: &NotebooksConfig, limits: Limits, run_dir: PathBuf, instance: String) -> anyhow::Result<Self> {
+    pub async fn new(
+        config: &NotebooksConfig,
+        limits: Limits,
+        run_dir: PathBuf,
+        instance: String,
+    ) -> anyhow::Result<Self> {
         let docker = Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
         docker.ping().await.context("the Docker engine does not answer (is dockerd running?)")?;
         if docker.inspect_image(&config.docker_image).await.is_err() {
@@ -240,7 +245,10 @@ impl DockerBackend {
     /// Removes every container of this instance (found by label).
     pub async fn sweep_orphans(&self) -> usize {
         let filters = HashMap::from([("label", vec![format!("{LABEL_INSTANCE}={}", self.instance)])]);
-        let list = self.docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build())).await;
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build()))
+            .await;
         let containers = match list {
             Ok(c) => c,
             Err(e) => {

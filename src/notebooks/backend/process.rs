@@ -166,7 +166,9 @@ impl ProcessBackend {
             Some(cg) => cg
                 .procs_files()
                 .iter()
-                .map(|p| std::fs::OpenOptions::new().write(true).open(p).with_context(|| format!("opening {}", p.display())))
+                .map(|p| {
+                    std::fs::OpenOptions::new().write(true).open(p).with_context(|| format!("opening {}", p.display()))
+                })
                 .collect::<anyhow::Result<_>>()?,
             None => Vec::new(),
         };

@@ -283,9 +283,7 @@ pub async fn proxy(
             let limit = usize::try_from(state.config.server.max_request_body_bytes).unwrap_or(usize::MAX);
             let (parts, body) = req.into_parts();
             let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-                ApiError::PayloadTooLarge(format!(
-                    "request body over {limit} bytes (server.max_request_body_bytes)"
-                ))
+                ApiError::PayloadTooLarge(format!("request body over {limit} bytes (server.max_request_body_bytes)"))
             })?;
             let req = Request::from_parts(parts, axum::body::Body::empty());
             proxy::forward_http(&state.proxy_client, &session, req, body).await.map_err(NotebookError::Upstream)?

@@ -34,6 +34,11 @@ pub enum ApiCommand {
 
 pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let ApiCommand::Serve { host, port } = command;
+    // Process-backend notebooks run as our user: make /proc/<our pid>/
+    // (environ with the admin key, memory) unreadable to them and refuse
+    // ptrace. They can still read files our user can (docs/ARCHITECTURE.md).
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let (config, meta) = super::connect(home, &FlagOverrides { host, port }).await?;
     super::require_current_schema(&meta).await?;
     let extensions = Extensions::locate(&config.duckdb.extension_directory)?;

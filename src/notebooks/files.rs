@@ -6,7 +6,8 @@
 //! name and times, out of the session's reach. Every write is a temp file,
 //! fsync and rename, so a crash leaves the old or the new version.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -164,8 +165,11 @@ impl NotebookStore {
     }
 
     fn summary(&self, id: &NotebookId, meta: Meta) -> Result<NotebookSummary, NotebookError> {
-        let (updated_at, size_bytes) = match std::fs::metadata(self.file_path(id)) {
-            Ok(m) => (m.modified().map(DateTime::<Utc>::from).unwrap_or(meta.created_at), m.len()),
+        // symlink_metadata: a session may have replaced its file by a link;
+        // its target's details are not the account's to learn.
+        let (updated_at, size_bytes) = match std::fs::symlink_metadata(self.file_path(id)) {
+            Ok(m) if m.is_file() => (m.modified().map(DateTime::<Utc>::from).unwrap_or(meta.created_at), m.len()),
+            Ok(_) => (meta.created_at, 0),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (meta.created_at, 0),
             Err(e) => return Err(e.into()),
         };
@@ -206,11 +210,32 @@ impl NotebookStore {
     /// One notebook's content.
     pub fn content(&self, id: &NotebookId) -> Result<String, NotebookError> {
         self.read_meta(id)?;
-        match std::fs::read_to_string(self.file_path(id)) {
-            Ok(s) => Ok(s),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(e.into()),
+        // The session can write this directory: never follow a link it
+        // planted (it would read any file the daemon can) and never read
+        // anything but a regular file of bounded size.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(self.file_path(id));
+        let file = match file {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(NotebookError::Unreadable("notebook.py is a symbolic link".into()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let m = file.metadata()?;
+        if !m.is_file() {
+            return Err(NotebookError::Unreadable("notebook.py is not a regular file".into()));
         }
+        let mut text = String::new();
+        let read = std::io::Read::take(file, self.max_bytes + 1).read_to_string(&mut text);
+        read.map_err(|_| NotebookError::Unreadable("notebook.py is not UTF-8 text".into()))?;
+        if text.len() as u64 > self.max_bytes {
+            return Err(NotebookError::TooLarge { size: m.len(), limit: self.max_bytes });
+        }
+        Ok(text)
     }
 
     fn name_taken(&self, name: &str, except: Option<&NotebookId>) -> Result<bool, NotebookError> {
@@ -284,7 +309,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Readable by a Docker session's user, and owned like the file it
     // replaces (the session may save it in place).
     tmp.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-    if let Ok(old) = std::fs::metadata(path) {
+    if let Ok(old) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::MetadataExt;
         let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(old.uid()), Some(old.gid()));
     }
@@ -339,6 +364,20 @@ mod tests {
         assert!(matches!(store.get(&id), Err(NotebookError::NotFound(_))));
         assert!(!store.notebook_dir(&id).exists());
         assert_eq!(store.list().unwrap().len(), 1);
+        // A session replaces its file by a link to a secret: the API reads
+        // neither the target's content nor its size.
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "admin key").unwrap();
+        let b_id = NotebookId::parse(&b.id).unwrap();
+        std::fs::remove_file(store.file_path(&b_id)).unwrap();
+        std::os::unix::fs::symlink(&secret, store.file_path(&b_id)).unwrap();
+        assert!(matches!(store.content(&b_id), Err(NotebookError::Unreadable(_))));
+        assert_eq!(store.get(&b_id).unwrap().size_bytes, 0);
+        // A directory or a FIFO in its place is refused too (no hang).
+        std::fs::remove_file(store.file_path(&b_id)).unwrap();
+        let fifo = std::ffi::CString::new(store.file_path(&b_id).to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert!(matches!(store.content(&b_id), Err(NotebookError::Unreadable(_))));
         let small = NotebookStore::new(dir.path().join("notebooks"), 3);
         assert!(matches!(small.create("big", Some("1234")), Err(NotebookError::TooLarge { size: 4, limit: 3 })));
     }

@@ -75,6 +75,10 @@ pub enum NotebookError {
     /// The account already has a notebook of that name.
     #[error("a notebook named {0:?} already exists")]
     NameTaken(String),
+    /// The file on disk is not something the API will read back (a link,
+    /// not a regular file, not text).
+    #[error("the notebook file cannot be read: {0}")]
+    Unreadable(String),
     /// The content is over `notebooks.max_notebook_bytes`.
     #[error("notebook content is {size} bytes; the limit is {limit} bytes (notebooks.max_notebook_bytes)")]
     TooLarge {

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::backend::{Backend, Handle, LaunchSpec};
 use super::ports::{PortLease, PortPool};
-use super::{NotebookError, NotebookId, SessionKey};
+use super::{NotebookError, SessionKey};
 use crate::accounts::AccountId;
 use crate::config::NotebooksConfig;
 
@@ -142,18 +142,30 @@ impl Session {
         }
     }
 
-    /// Moves to `to` (unless already final) and hands back what must be
-    /// released: the backend handle and the port.
-    fn finish(&self, to: SessionState, reason: Option<String>) -> (Option<Arc<Handle>>, Option<PortLease>) {
+    /// Moves a starting or ready session to `stopping` and hands back its
+    /// backend handle (None while it is still being launched). None if it
+    /// is not starting or ready: someone else is stopping it or it is over.
+    fn begin_stop(&self, reason: Option<String>) -> Option<Option<Arc<Handle>>> {
         let mut inner = self.inner.lock().expect("session lock");
-        if matches!(inner.state, SessionState::Stopped | SessionState::Failed) {
-            return (None, None);
+        if !matches!(inner.state, SessionState::Starting | SessionState::Ready) {
+            return None;
         }
-        inner.state = to;
+        inner.state = SessionState::Stopping;
         if reason.is_some() {
             inner.reason = reason;
         }
-        (inner.handle.take(), inner.lease.take())
+        Some(inner.handle.take())
+    }
+
+    /// Ends a stop once its server is gone: the port goes back to the pool
+    /// only now, so no new session can be given a port still bound.
+    fn settle(&self, to: SessionState) {
+        let lease = {
+            let mut inner = self.inner.lock().expect("session lock");
+            inner.state = to;
+            inner.lease.take()
+        };
+        drop(lease);
     }
 }
 
@@ -172,7 +184,9 @@ pub struct SessionManager {
     config: NotebooksConfig,
     backend: Backend,
     ports: Arc<PortPool>,
-    sessions: Mutex<HashMap<NotebookId, Arc<Session>>>,
+    /// Keyed by account and notebook: a session is only ever found by its
+    /// owner, whatever ids other accounts have.
+    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
     http: reqwest::Client,
 }
 
@@ -222,8 +236,7 @@ impl SessionManager {
 
     fn find(&self, key: &SessionKey) -> Option<Arc<Session>> {
         let sessions = self.sessions.lock().expect("sessions lock");
-        // A session of another account is as absent as no session.
-        sessions.get(&key.notebook).filter(|s| s.key.account == key.account).cloned()
+        sessions.get(key).cloned()
     }
 
     /// The session's view (`stopped` if there never was one).
@@ -268,7 +281,7 @@ impl SessionManager {
     ) -> Result<(SessionView, bool), NotebookError> {
         let session = {
             let mut sessions = self.sessions.lock().expect("sessions lock");
-            if let Some(s) = sessions.get(&key.notebook).filter(|s| s.key.account == key.account) {
+            if let Some(s) = sessions.get(&key) {
                 if s.state().is_live() {
                     return Ok((s.view(self.backend.name()), false));
                 }
@@ -297,7 +310,7 @@ impl SessionManager {
                 }),
                 key: key.clone(),
             });
-            sessions.insert(key.notebook.clone(), session.clone());
+            sessions.insert(key.clone(), session.clone());
             session
         };
         metrics::counter!("duckpond_notebook_sessions_started_total").increment(1);
@@ -326,7 +339,12 @@ impl SessionManager {
         let handle = match self.backend.launch(&spec).await {
             Ok(h) => Arc::new(h),
             Err(e) => {
-                self.fail(&session, format!("could not start: {e:#}")).await;
+                if session.state() == SessionState::Stopping {
+                    // Stopped while launching, and nothing was launched.
+                    session.settle(SessionState::Stopped);
+                } else {
+                    self.fail(&session, format!("could not start: {e:#}")).await;
+                }
                 return;
             }
         };
@@ -339,8 +357,9 @@ impl SessionManager {
             starting
         };
         if !still_starting {
-            // Stopped while launching: the stopper found no handle.
+            // Stopped while launching: the stopper left this to us.
             self.backend.stop(&handle).await;
+            session.settle(SessionState::Stopped);
             return;
         }
         let deadline = started + Duration::from_secs(self.config.spawn_timeout_seconds);
@@ -400,35 +419,32 @@ impl SessionManager {
     async fn fail(&self, session: &Session, reason: String) {
         tracing::warn!(notebook = %session.key.notebook, account = %session.key.account, %reason, "notebook session failed");
         metrics::counter!("duckpond_notebook_sessions_failed_total").increment(1);
-        let (handle, lease) = session.finish(SessionState::Failed, Some(reason));
+        // `stopping` until the server is gone: a start in the meantime must
+        // not launch a second server on the same notebook directory.
+        let Some(handle) = session.begin_stop(Some(reason)) else { return };
+        // Only bring_up fails a session without a handle, and then nothing
+        // is running.
         if let Some(h) = handle {
             self.backend.stop(&h).await;
         }
-        drop(lease);
+        session.settle(SessionState::Failed);
     }
 
     /// Stops the session of `key`; `reason` is recorded when the server
     /// (not the user) stops it.
     pub async fn stop(&self, key: &SessionKey, reason: Option<String>) -> Result<SessionView, NotebookError> {
         let Some(session) = self.find(key) else { return Ok(self.view(key)) };
-        let taken = {
-            let mut inner = session.inner.lock().expect("session lock");
-            if matches!(inner.state, SessionState::Starting | SessionState::Ready) {
-                inner.state = SessionState::Stopping;
-                inner.reason = reason;
-                Some((inner.handle.take(), inner.lease.take()))
-            } else {
-                None
-            }
-        };
-        let Some((handle, lease)) = taken else { return Ok(session.view(self.backend.name())) };
+        let Some(handle) = session.begin_stop(reason) else { return Ok(session.view(self.backend.name())) };
         tracing::info!(notebook = %key.notebook, account = %key.account, "stopping notebook session");
-        if let Some(h) = handle {
-            self.backend.stop(&h).await;
+        match handle {
+            Some(h) => {
+                self.backend.stop(&h).await;
+                session.settle(SessionState::Stopped);
+            }
+            // Still launching: bring_up stops what it launched, then
+            // settles (the view says `stopping` until then).
+            None => {}
         }
-        // The port only after the server is gone.
-        drop(lease);
-        session.inner.lock().expect("session lock").state = SessionState::Stopped;
         Ok(session.view(self.backend.name()))
     }
 
@@ -440,7 +456,7 @@ impl SessionManager {
         };
         for key in keys {
             let _ = self.stop(&key, Some("account deleted".into())).await;
-            self.sessions.lock().expect("sessions lock").remove(&key.notebook);
+            self.sessions.lock().expect("sessions lock").remove(&key);
         }
     }
 
@@ -448,9 +464,7 @@ impl SessionManager {
     pub async fn forget(&self, key: &SessionKey) {
         let _ = self.stop(key, None).await;
         let mut sessions = self.sessions.lock().expect("sessions lock");
-        if sessions.get(&key.notebook).is_some_and(|s| s.key.account == key.account) {
-            sessions.remove(&key.notebook);
-        }
+        sessions.remove(key);
     }
 
     /// Stops every session (daemon shutdown).

@@ -204,7 +204,9 @@ impl From<NotebookError> for ApiError {
         match e {
             NotebookError::InvalidId(_) | NotebookError::InvalidName(_) => ApiError::BadRequest(message),
             NotebookError::NotFound(_) => ApiError::NotFound(message),
-            NotebookError::NameTaken(_) | NotebookError::NotRunning(_) => ApiError::Conflict(message),
+            NotebookError::NameTaken(_) | NotebookError::NotRunning(_) | NotebookError::Unreadable(_) => {
+                ApiError::Conflict(message)
+            }
             NotebookError::TooLarge { .. } => ApiError::PayloadTooLarge(message),
             NotebookError::SessionLimit { .. } => ApiError::TooManyRequests { message, retry_after_s: 5 },
             NotebookError::PortsExhausted { .. } => ApiError::Unavailable { message, retry_after_s: 5 },

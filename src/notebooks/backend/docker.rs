@@ -309,11 +309,17 @@ async fn watch_ooms(docker: Docker, instance: String, ooms: Arc<Mutex<HashSet<St
     }
 }
 
-/// chown -R to `uid:uid` (the daemon runs as root here).
+/// chown -R to `uid:uid` (the daemon runs as root here), never following
+/// a symbolic link (a previous session may have planted some). It runs
+/// while no session of this notebook runs, so nothing swaps entries under it.
 fn chown_tree(dir: &std::path::Path, uid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;
+    if !std::fs::symlink_metadata(dir)?.is_dir() {
+        return std::os::unix::fs::lchown(dir, Some(uid), Some(uid));
+    }
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
     for e in std::fs::read_dir(dir)? {
         let e = e?;
+        // DirEntry::file_type does not follow links.
         if e.file_type()?.is_dir() {
             chown_tree(&e.path(), uid)?;
         } else {

@@ -121,15 +121,24 @@ impl ProcessBackend {
                 return Err(e);
             }
         };
-        let pid = child.id().context("marimo exited at once")? as i32;
-        let state = StateFile {
-            pid,
-            start_ticks: start_ticks(pid).unwrap_or(0),
-            session_id: spec.session_id.clone(),
-            cgroup_dirs: cgroup.as_ref().map(|c| c.dirs().to_vec()).unwrap_or_default(),
-        };
-        std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&state)?).context("writing the session state file")?;
-        Ok(ProcessHandle { pid, session_id: spec.session_id.clone(), child: Mutex::new(child), cgroup, dir })
+        let handle =
+            ProcessHandle { pid: child.id().unwrap_or(0) as i32, session_id: spec.session_id.clone(), child: Mutex::new(child), cgroup, dir };
+        let recorded = (|| {
+            anyhow::ensure!(handle.pid > 0, "marimo exited at once");
+            let state = StateFile {
+                pid: handle.pid,
+                start_ticks: start_ticks(handle.pid).unwrap_or(0),
+                session_id: spec.session_id.clone(),
+                cgroup_dirs: handle.cgroup.as_ref().map(|c| c.dirs().to_vec()).unwrap_or_default(),
+            };
+            std::fs::write(handle.dir.join(STATE_FILE), serde_json::to_vec(&state)?).context("writing the session state file")
+        })();
+        if let Err(e) = recorded {
+            // Nothing may run that a restart could not find.
+            self.stop(&handle).await;
+            return Err(e);
+        }
+        Ok(handle)
     }
 
     async fn spawn(

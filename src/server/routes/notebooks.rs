@@ -169,11 +169,13 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = NotebookId::parse(&id)?;
     let store = store(&state, &auth);
+    // Under the lock a start takes too: no session can begin between the
+    // stop and the removal of the files.
+    let _names = state.notebook_names.lock().await;
     let i = id.clone();
     let s = store.clone();
     files(move || s.get(&i).map(|_| ())).await?;
     state.notebooks.forget(&key(&auth, &id)).await;
-    let _names = state.notebook_names.lock().await;
     files(move || store.delete(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -194,6 +196,8 @@ pub async fn start(
     let id = NotebookId::parse(&id)?;
     let store = store(&state, &auth);
     let notebook_dir = store.notebook_dir(&id);
+    // Held until the session is registered (see `delete`).
+    let names = state.notebook_names.lock().await;
     let i = id.clone();
     files(move || store.get(&i).map(|_| ())).await?;
     let layout = state.accounts.layout(&auth.account);
@@ -222,6 +226,7 @@ pub async fn start(
         },
         quotas.max_notebook_sessions,
     )?;
+    drop(names);
     if params.wait {
         let limit = Duration::from_secs(state.config.notebooks.spawn_timeout_seconds + 5);
         return Ok((StatusCode::OK, Json(state.notebooks.wait_ready(&k, limit).await)));

@@ -15,7 +15,7 @@ TEST_NOTEBOOK_ENV ?= $(HOME)/.cache/duckpond/notebook-venv
 TEST_NOTEBOOK_IMAGE ?= duckpond-notebook:latest
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 
-.PHONY: run test build extensions services fmt lint bench-wal bench-compactor bench-ingest bench-prometheus bench-notebooks proto
+.PHONY: run test build ui extensions services fmt lint bench-wal bench-compactor bench-ingest bench-prometheus bench-notebooks proto
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -26,14 +26,21 @@ run: build
 
 ## Set up everything (packages, PostgreSQL, extensions) and run the whole suite
 ## (formatting and clippy first: a warning fails the suite).
-test: services lint
+test: services ui lint
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_POSTGRES_URL=$(TEST_POSTGRES_URL) DUCKPOND_TEST_PYTHON=$(TEST_PYTHON) \
 	DUCKPOND_TEST_NOTEBOOK_ENV=$(TEST_NOTEBOOK_ENV) DUCKPOND_TEST_NOTEBOOK_IMAGE=$(TEST_NOTEBOOK_IMAGE) \
+	DUCKPOND_TEST_CHROMIUM=/usr/bin/chromium \
 		cargo test --release --locked --workspace --all-targets --no-fail-fast
 
-build:
+build: ui
 	cargo build --release --locked
+
+## The web UI: npm ci (pinned by ui/package-lock.json) and a bundle into
+## ui/dist, which the Rust build embeds.
+ui:
+	.ci/ui-deps.sh
+	cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build
 
 extensions:
 	.ci/fetch-duckdb-extensions.sh $(DUCKPOND_HOME)/extensions
@@ -45,6 +52,7 @@ services:
 	.ci/notebook-env.sh $(TEST_NOTEBOOK_ENV)
 	.ci/dockerd.sh
 	.ci/notebook-image.sh $(TEST_NOTEBOOK_IMAGE)
+	.ci/ui-deps.sh --browser
 
 ## WAL append throughput next to the raw disk (docs/BENCHMARKS.md).
 bench-wal:

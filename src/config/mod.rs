@@ -177,6 +177,11 @@ pub struct ServerConfig {
     pub shutdown_grace_period_ms: u64,
     /// Uploads and streams fail (408) after this long without a body chunk.
     pub body_read_timeout_ms: u64,
+    /// Lifetime of the web UI's session cookie.
+    pub session_cookie_max_age_seconds: u64,
+    /// Mark the session cookie `Secure` even when no proxy says the
+    /// browser used https (set it when TLS terminates in front of DuckPond).
+    pub secure_cookies: bool,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +194,8 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             shutdown_grace_period_ms: 10_000,
             body_read_timeout_ms: 60_000,
+            session_cookie_max_age_seconds: 12 * 3600,
+            secure_cookies: false,
         }
     }
 }

@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::routes::{account, admin, datasets, health, notebooks, prometheus, query, stream};
+use super::routes::{account, admin, datasets, health, notebooks, prometheus, query, stream, ui};
 
 /// The document.
 #[derive(OpenApi)]
@@ -19,7 +19,7 @@ use super::routes::{account, admin, datasets, health, notebooks, prometheus, que
         datasets::upload, datasets::list, datasets::get, datasets::preview, datasets::delete, stream::arrow,
         query::post_query, query::get_query, prometheus::write, prometheus::read,
         notebooks::list, notebooks::create, notebooks::get, notebooks::update, notebooks::delete,
-        notebooks::start, notebooks::stop, notebooks::session,
+        notebooks::start, notebooks::stop, notebooks::session, ui::sign_in, ui::sign_out,
     ),
     modifiers(&Security),
     tags((name = "health"), (name = "account"), (name = "admin"), (name = "datasets"), (name = "ingest"), (name = "query"), (name = "prometheus"), (name = "notebooks")),

@@ -8,6 +8,7 @@ pub mod notebooks;
 pub mod prometheus;
 pub mod query;
 pub mod stream;
+pub mod ui;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{any, delete, get, post};
@@ -18,6 +19,9 @@ use super::AppState;
 /// Every route of the API.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/", get(ui::index))
+        .route("/assets/{*path}", get(ui::assets))
+        .route("/api/ui/session", post(ui::sign_in).delete(ui::sign_out))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

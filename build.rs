@@ -28,7 +28,8 @@ fn main() {
             "cargo:warning=ui/dist is missing, so the web UI is not embedded: run `make ui` (npm ci && npm run build in ui/) and build again"
         );
     }
-    let mut code = String::from("/// Files of ui/dist: (path below dist, bytes).\npub static ASSETS: &[(&str, &[u8])] = &[\n");
+    let mut code =
+        String::from("/// Files of ui/dist: (path below dist, bytes).\npub static ASSETS: &[(&str, &[u8])] = &[\n");
     for (rel, abs) in assets {
         code.push_str(&format!("    ({rel:?}, include_bytes!({:?})),\n", abs.display().to_string()));
     }

@@ -18,10 +18,7 @@ fn ui_dir() -> PathBuf {
 }
 
 fn screenshot_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join("ui-screenshots")
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join("ui-screenshots")
 }
 
 #[test]
@@ -54,7 +51,11 @@ fn the_ui_works_in_a_real_browser() {
     for page in ["signin", "notebooks", "datasets", "dataset-detail", "sql", "account"] {
         for size in ["1280", "phone"] {
             let shot = screenshot_dir().join(format!("{page}-{size}.png"));
-            assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", shot.display());
+            assert!(
+                std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false),
+                "no screenshot {}",
+                shot.display()
+            );
         }
     }
 }
@@ -66,7 +67,8 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
     let server = env.serve();
     let http = reqwest::blocking::Client::new();
     // A wrong key sets nothing.
-    let res = http.post(server.url("/api/ui/session")).json(&serde_json::json!({"api_key": "dpk_nope"})).send().unwrap();
+    let res =
+        http.post(server.url("/api/ui/session")).json(&serde_json::json!({"api_key": "dpk_nope"})).send().unwrap();
     assert!(res.headers().get("set-cookie").is_none());
     error_of(res, 401, "unauthorized");
     // Login CSRF: a sign-in posted from another site is refused.
@@ -79,8 +81,11 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
     assert!(res.headers().get("set-cookie").is_none());
     error_of(res, 403, "forbidden");
     // Cookie smuggling attempts never reach Set-Cookie.
-    let res =
-        http.post(server.url("/api/ui/session")).json(&serde_json::json!({"api_key": format!("{key}; Domain=evil")})).send().unwrap();
+    let res = http
+        .post(server.url("/api/ui/session"))
+        .json(&serde_json::json!({"api_key": format!("{key}; Domain=evil")}))
+        .send()
+        .unwrap();
     error_of(res, 401, "unauthorized");
     let res = http.post(server.url("/api/ui/session")).json(&serde_json::json!({"api_key": key})).send().unwrap();
     assert_eq!(res.status(), 204);
@@ -102,7 +107,12 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
         .send()
         .unwrap();
     error_of(res, 403, "forbidden");
-    let res = http.post(server.url("/api/account/keys")).header("Cookie", &cookie).json(&serde_json::json!({})).send().unwrap();
+    let res = http
+        .post(server.url("/api/account/keys"))
+        .header("Cookie", &cookie)
+        .json(&serde_json::json!({}))
+        .send()
+        .unwrap();
     error_of(res, 403, "forbidden");
     let res = http
         .delete(server.url("/api/datasets/x"))
@@ -133,7 +143,8 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
     let res = http.delete(server.url("/api/ui/session")).header("Cookie", &cookie).send().unwrap();
     assert!(res.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
     // A revoked key's cookie stops working at once.
-    let keys: serde_json::Value = http.get(server.url("/api/account/keys")).header("X-API-Key", &key).send().unwrap().json().unwrap();
+    let keys: serde_json::Value =
+        http.get(server.url("/api/account/keys")).header("X-API-Key", &key).send().unwrap().json().unwrap();
     let first = keys[0]["id"].as_str().unwrap().to_string();
     let other = http
         .post(server.url("/api/account/keys"))
@@ -144,11 +155,8 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
         .json::<serde_json::Value>()
         .unwrap();
     let other_key = other["api_key"].as_str().unwrap().to_string();
-    let res = http
-        .delete(server.url(&format!("/api/account/keys/{first}")))
-        .header("X-API-Key", &other_key)
-        .send()
-        .unwrap();
+    let res =
+        http.delete(server.url(&format!("/api/account/keys/{first}"))).header("X-API-Key", &other_key).send().unwrap();
     assert_eq!(res.status(), 204);
     let res = http.get(server.url("/api/account")).header("Cookie", &cookie).send().unwrap();
     error_of(res, 401, "unauthorized");

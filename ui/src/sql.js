@@ -90,7 +90,11 @@ function chart(result, host) {
       {
         width,
         height: 320,
-        scales: { x: { time: isTime(cols[xi].type) } },
+        // Bars grow from zero; lines and points use the data's own range.
+        scales: {
+          x: { time: isTime(cols[xi].type) },
+          y: k === "bar" ? { range: (_u, min, max) => [Math.min(0, min), max] } : {},
+        },
         series: [
           { label: cols[xi].name },
           ...yi.map((i, n) => ({
@@ -145,6 +149,13 @@ export function sqlView(main) {
     parent: editorHost,
   });
   const query = () => view.state.doc.toString().trim();
+  function refreshHistory() {
+    const hs = history();
+    histSel.replaceChildren(
+      h("option", { value: "" }, "History…"),
+      ...hs.map((q) => h("option", { value: q }, q.length > 80 ? q.slice(0, 80) + "…" : q)),
+    );
+  }
   function setQuery(q) {
     view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: q } });
   }
@@ -157,6 +168,7 @@ export function sqlView(main) {
     try {
       const r = await post("/api/query", { sql: q, format: "json", limit: RESULT_LIMIT });
       remember(q);
+      refreshHistory();
       const chartHost = h("div", { class: "chart" });
       out.replaceChildren(
         h(

@@ -121,8 +121,13 @@ impl ProcessBackend {
                 return Err(e);
             }
         };
-        let handle =
-            ProcessHandle { pid: child.id().unwrap_or(0) as i32, session_id: spec.session_id.clone(), child: Mutex::new(child), cgroup, dir };
+        let handle = ProcessHandle {
+            pid: child.id().unwrap_or(0) as i32,
+            session_id: spec.session_id.clone(),
+            child: Mutex::new(child),
+            cgroup,
+            dir,
+        };
         let recorded = (|| {
             anyhow::ensure!(handle.pid > 0, "marimo exited at once");
             let state = StateFile {
@@ -131,7 +136,8 @@ impl ProcessBackend {
                 session_id: spec.session_id.clone(),
                 cgroup_dirs: handle.cgroup.as_ref().map(|c| c.dirs().to_vec()).unwrap_or_default(),
             };
-            std::fs::write(handle.dir.join(STATE_FILE), serde_json::to_vec(&state)?).context("writing the session state file")
+            std::fs::write(handle.dir.join(STATE_FILE), serde_json::to_vec(&state)?)
+                .context("writing the session state file")
         })();
         if let Err(e) = recorded {
             // Nothing may run that a restart could not find.

@@ -436,14 +436,11 @@ impl SessionManager {
         let Some(session) = self.find(key) else { return Ok(self.view(key)) };
         let Some(handle) = session.begin_stop(reason) else { return Ok(session.view(self.backend.name())) };
         tracing::info!(notebook = %key.notebook, account = %key.account, "stopping notebook session");
-        match handle {
-            Some(h) => {
-                self.backend.stop(&h).await;
-                session.settle(SessionState::Stopped);
-            }
-            // Still launching: bring_up stops what it launched, then
-            // settles (the view says `stopping` until then).
-            None => {}
+        // Without a handle it is still launching: bring_up stops what it
+        // launched, then settles (the view says `stopping` until then).
+        if let Some(h) = handle {
+            self.backend.stop(&h).await;
+            session.settle(SessionState::Stopped);
         }
         Ok(session.view(self.backend.name()))
     }

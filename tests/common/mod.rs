@@ -239,10 +239,21 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     }
 }
 
+/// How long a dropped server gets to shut down before it is killed.
+const DROP_GRACE: Duration = Duration::from_secs(15);
+
 impl Drop for Server {
+    /// SIGTERM first: a graceful shutdown stops the daemon's notebook
+    /// sessions, which a SIGKILL would leave running (holding their ports
+    /// for later runs). Tests that mean to kill -9 do it themselves first.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            if matches!(c.try_wait(), Ok(None)) {
+                unsafe_sigterm(c.id());
+                if wait_timeout(&mut c, DROP_GRACE).is_none() {
+                    let _ = c.kill();
+                }
+            }
             let _ = c.wait();
         }
     }

@@ -79,6 +79,16 @@ fn key(auth: &AuthedAccount, id: &NotebookId) -> SessionKey {
     SessionKey { account: auth.account.id.clone(), notebook: id.clone() }
 }
 
+/// The caller's notebook `raw` (400 for a malformed id, 404 when the account
+/// has no such notebook), with the account's store.
+async fn existing(state: &AppState, auth: &AuthedAccount, raw: &str) -> Result<(NotebookId, NotebookStore), ApiError> {
+    let id = NotebookId::parse(raw)?;
+    let store = store(state, auth);
+    let (s, i) = (store.clone(), id.clone());
+    files(move || s.get(&i).map(|_| ())).await?;
+    Ok((id, store))
+}
+
 /// Runs blocking file work off the async threads.
 async fn files<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, NotebookError> + Send + 'static,
@@ -167,14 +177,10 @@ pub async fn delete(
     auth: AuthedAccount,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = NotebookId::parse(&id)?;
-    let store = store(&state, &auth);
     // Under the lock a start takes too: no session can begin between the
     // stop and the removal of the files.
     let _names = state.notebook_names.lock().await;
-    let i = id.clone();
-    let s = store.clone();
-    files(move || s.get(&i).map(|_| ())).await?;
+    let (id, store) = existing(&state, &auth, &id).await?;
     state.notebooks.forget(&key(&auth, &id)).await;
     files(move || store.delete(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -193,13 +199,10 @@ pub async fn start(
     params: Result<Query<StartParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     let Query(params) = params?;
-    let id = NotebookId::parse(&id)?;
-    let store = store(&state, &auth);
-    let notebook_dir = store.notebook_dir(&id);
     // Held until the session is registered (see `delete`).
     let names = state.notebook_names.lock().await;
-    let i = id.clone();
-    files(move || store.get(&i).map(|_| ())).await?;
+    let (id, store) = existing(&state, &auth, &id).await?;
+    let notebook_dir = store.notebook_dir(&id);
     let layout = state.accounts.layout(&auth.account);
     let location = layout.catalog(state.accounts.catalog_placement());
     let catalog_sqlite = match location.metadata {
@@ -242,10 +245,7 @@ pub async fn stop(
     auth: AuthedAccount,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = NotebookId::parse(&id)?;
-    let store = store(&state, &auth);
-    let i = id.clone();
-    files(move || store.get(&i).map(|_| ())).await?;
+    let (id, _) = existing(&state, &auth, &id).await?;
     Ok(Json(state.notebooks.stop(&key(&auth, &id), None).await?))
 }
 
@@ -257,10 +257,7 @@ pub async fn session(
     auth: AuthedAccount,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let id = NotebookId::parse(&id)?;
-    let store = store(&state, &auth);
-    let i = id.clone();
-    files(move || store.get(&i).map(|_| ())).await?;
+    let (id, _) = existing(&state, &auth, &id).await?;
     Ok(Json(state.notebooks.view(&key(&auth, &id))))
 }
 

@@ -241,7 +241,9 @@ fn kill9(pid: u32) {
 
 #[test]
 fn notebook_files_api_validates_and_isolates() {
-    let env = env_with((20_000, 20_001), "", "");
+    // A notebook cap well below the request body cap, so the 413 tested is
+    // ours and not a connection the server cut mid-body.
+    let env = env_with((20_000, 20_001), "  max_notebook_bytes: 100000\n", "");
     let (_, alice) = env.create_account("alice");
     let (_, bob) = env.create_account("bob");
     let server = env.serve();
@@ -254,7 +256,7 @@ fn notebook_files_api_validates_and_isolates() {
     for bad in ["", "../x", "a/b", " x", "x\u{0}"] {
         error_of(post(&server, "/api/notebooks", &alice, json!({ "name": bad })), 400, "bad_request");
     }
-    let big = "x".repeat(5 * 1024 * 1024);
+    let big = "x".repeat(200_000);
     error_of(
         post(&server, "/api/notebooks", &alice, json!({ "name": "big", "content": big })),
         413,

@@ -276,7 +276,7 @@ impl SessionCgroup {
             if pids.is_empty() {
                 return;
             }
-            for pid in pids {
+            for pid in pids.into_iter().filter(|&p| p > 0) {
                 // SAFETY: kill(2) with a pid read from our own cgroup.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }

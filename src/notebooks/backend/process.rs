@@ -233,8 +233,12 @@ impl ProcessBackend {
     /// SIGTERM to the group, SIGKILL after the grace period, then every
     /// process left in the cgroup (or carrying the session marker).
     pub async fn stop(&self, h: &ProcessHandle) {
+        // kill(-0) would signal the daemon's own process group.
+        let group = (h.pid > 0).then_some(-h.pid);
         // SAFETY: signalling our own child's process group.
-        unsafe { libc::kill(-h.pid, libc::SIGTERM) };
+        if let Some(g) = group {
+            unsafe { libc::kill(g, libc::SIGTERM) };
+        }
         let deadline = tokio::time::Instant::now() + self.limits.stop_grace;
         loop {
             let exited = matches!(h.child.lock().expect("child lock").try_wait(), Ok(Some(_)));
@@ -244,7 +248,9 @@ impl ProcessBackend {
             tokio::time::sleep(Duration::from_millis(EXIT_POLL_MS)).await;
         }
         // SAFETY: as above; harmless if the group is gone.
-        unsafe { libc::kill(-h.pid, libc::SIGKILL) };
+        if let Some(g) = group {
+            unsafe { libc::kill(g, libc::SIGKILL) };
+        }
         let _ = h.child.lock().expect("child lock").start_kill();
         let cgroup = h.cgroup.clone();
         let session = h.session_id.clone();
@@ -267,7 +273,8 @@ impl ProcessBackend {
                 if let Some(state) =
                     std::fs::read(dir.join(STATE_FILE)).ok().and_then(|b| serde_json::from_slice::<StateFile>(&b).ok())
                 {
-                    let alive = state.start_ticks != 0 && start_ticks(state.pid) == Some(state.start_ticks);
+                    let alive =
+                        state.pid > 0 && state.start_ticks != 0 && start_ticks(state.pid) == Some(state.start_ticks);
                     if alive {
                         found += 1;
                         // SAFETY: the pid and its start time match our record.

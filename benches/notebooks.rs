@@ -87,6 +87,10 @@ fn bare_starts(mut launch: impl FnMut(u16) -> Box<dyn FnMut()>, rounds: usize) -
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too: benchmarks are not tests.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let ext = std::env::var("DUCKPOND_TEST_EXTENSION_DIR").expect("DUCKPOND_TEST_EXTENSION_DIR");
     let venv = std::env::var("DUCKPOND_TEST_NOTEBOOK_ENV").expect("DUCKPOND_TEST_NOTEBOOK_ENV");
     let image = std::env::var("DUCKPOND_TEST_NOTEBOOK_IMAGE").ok();

@@ -87,6 +87,12 @@ impl TestEnv {
         self.home.path()
     }
 
+    /// A fresh file name for the next daemon's log: `server-N.log` in the
+    /// test home, kept until the home is removed.
+    fn next_server_log(&self) -> PathBuf {
+        (0..).map(|n| self.path().join(format!("server-{n}.log"))).find(|p| !p.exists()).unwrap()
+    }
+
     /// Writes config.yaml; `extra` is appended YAML.
     pub fn write_config(&self, extra: &str) {
         let yaml = format!(
@@ -149,8 +155,13 @@ impl TestEnv {
     }
 
     pub fn serve_with(&self, configure: impl FnOnce(&mut Command)) -> Server {
+        // The daemon's log goes to a file, never to a pipe nobody drains: a
+        // full pipe (64 KiB of log lines) blocks the daemon's next log write
+        // and with it whatever request was logging.
+        let log_path = self.next_server_log();
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = self.command();
-        cmd.args(["api", "serve", "--host", "127.0.0.1", "--port", "0"]).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["api", "serve", "--host", "127.0.0.1", "--port", "0"]).stdout(Stdio::piped()).stderr(log);
         configure(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -166,8 +177,8 @@ impl TestEnv {
             Ok(url) => url,
             Err(_) => {
                 let _ = child.kill();
-                let out = child.wait_with_output().unwrap();
-                panic!("server did not start: {}", String::from_utf8_lossy(&out.stderr));
+                let _ = child.wait();
+                panic!("server did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
             }
         };
         let server = Server { child: Some(child), url, http: reqwest::blocking::Client::new() };

@@ -12,7 +12,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
             walk(root, &path, out);
         } else {
             let rel = path.strip_prefix(root).expect("below ui/dist").to_string_lossy().replace('\\', "/");
-            out.push((rel, path.canonicalize().expect("canonical asset path")));
+            out.push((rel, path));
         }
     }
 }
@@ -30,8 +30,14 @@ fn main() {
     }
     let mut code =
         String::from("/// Files of ui/dist: (path below dist, bytes).\npub static ASSETS: &[(&str, &[u8])] = &[\n");
-    for (rel, abs) in assets {
-        code.push_str(&format!("    ({rel:?}, include_bytes!({:?})),\n", abs.display().to_string()));
+    // Paths relative to CARGO_MANIFEST_DIR, resolved when the crate itself
+    // compiles: clones at different paths share one target directory (CI
+    // reuses it), and a build script judged fresh keeps its old output, so
+    // an absolute path here would point into another (maybe deleted) clone.
+    for (rel, _) in assets {
+        code.push_str(&format!(
+            "    ({rel:?}, include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/ui/dist/\", {rel:?}))),\n"
+        ));
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("ui_assets.rs");

@@ -65,6 +65,7 @@ impl Pipelines {
                 max_flush_bytes: c.max_flush_bytes,
                 maintenance_interval_ms: c.maintenance_interval_ms,
                 snapshot_retention_ms: c.snapshot_retention_hours.saturating_mul(3_600_000),
+                file_cleanup_grace_ms: c.file_cleanup_grace_ms,
                 ..CompactorOptions::default()
             },
             pool: Arc::new(Semaphore::new(c.max_concurrent_flushes as usize)),

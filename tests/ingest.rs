@@ -396,7 +396,8 @@ fn delete_dataset_goes_through_the_log() {
 fn kill_dash_nine_loses_and_duplicates_nothing() {
     let env = TestEnv::migrated(Backend::Sqlite);
     env.write_config(
-        "compactor:\n  flush_interval_ms: 50\n  maintenance_interval_ms: 300\n  snapshot_retention_hours: 0\n",
+        "compactor:\n  flush_interval_ms: 50\n  maintenance_interval_ms: 300\n  snapshot_retention_hours: 0\n  \
+         file_cleanup_grace_ms: 0\n",
     );
     let a = account(&env, "acme");
     let tmp = tempfile::tempdir().unwrap();

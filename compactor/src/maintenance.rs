@@ -7,7 +7,7 @@
 //! except the newest snapshot carrying the compactor's committed LSN, which
 //! is never expired (recovery reads the LSN from it).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::lake::LakeError;
 use crate::telemetry as m;
@@ -24,8 +24,22 @@ pub struct MaintenanceOutcome {
     pub data_files: Vec<(String, i64)>,
 }
 
-/// Runs merge, expire and cleanup on the writer's lake.
-pub fn run(writer: &LakeWriter, retention: Duration, label: &str) -> Result<MaintenanceOutcome, LakeError> {
+/// Runs cleanup, merge and expire on the writer's lake.
+///
+/// Files that only expired snapshots used are deleted `cleanup_grace`
+/// after their expiry at the earliest, so a query that began on an older
+/// snapshot finds its files. DuckLake's own `older_than` cannot say that
+/// with a SQLite catalog (its cutoff is compared as text in another
+/// format, so every file scheduled the same day matches), so the grace is
+/// kept here: cleanup runs before this run's expiry, and only once the
+/// previous expiry (`last_expiry`, updated here) is older than the grace.
+pub fn run(
+    writer: &LakeWriter,
+    retention: Duration,
+    cleanup_grace: Duration,
+    last_expiry: &mut Instant,
+    label: &str,
+) -> Result<MaintenanceOutcome, LakeError> {
     let conn = writer.connection();
     let count = |sql: &str| -> Result<i64, LakeError> {
         conn.query_row(sql, [], |r| r.get(0)).map_err(LakeError::duckdb("counting"))
@@ -33,6 +47,13 @@ pub fn run(writer: &LakeWriter, retention: Duration, label: &str) -> Result<Main
     let snapshots_sql = format!("SELECT count(*) FROM {LAKE_ALIAS}.snapshots()");
     let files_sql = format!("SELECT coalesce(sum(file_count), 0)::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}')");
     let (snapshots_before, files_before) = (count(&snapshots_sql)?, count(&files_sql)?);
+    let cleanup = || {
+        conn.execute_batch(&format!("CALL ducklake_cleanup_old_files('{LAKE_ALIAS}', cleanup_all => true)"))
+            .map_err(LakeError::duckdb("deleting unreferenced files"))
+    };
+    if last_expiry.elapsed() >= cleanup_grace {
+        cleanup()?;
+    }
 
     conn.execute_batch(&format!("CALL ducklake_merge_adjacent_files('{LAKE_ALIAS}')"))
         .map_err(LakeError::duckdb("merging adjacent files"))?;
@@ -61,8 +82,12 @@ pub fn run(writer: &LakeWriter, retention: Duration, label: &str) -> Result<Main
         conn.execute_batch(&format!("CALL ducklake_expire_snapshots('{LAKE_ALIAS}', versions => [{list}])"))
             .map_err(LakeError::duckdb("expiring snapshots"))?;
     }
-    conn.execute_batch(&format!("CALL ducklake_cleanup_old_files('{LAKE_ALIAS}', cleanup_all => true)"))
-        .map_err(LakeError::duckdb("deleting unreferenced files"))?;
+    if !ids.is_empty() {
+        *last_expiry = Instant::now();
+    }
+    if cleanup_grace.is_zero() {
+        cleanup()?;
+    }
 
     let mut st = conn
         .prepare(&format!("SELECT table_name, file_count::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}') ORDER BY 1"))

@@ -41,6 +41,11 @@ pub struct CompactorOptions {
     pub maintenance_interval_ms: u64,
     /// Snapshots older than this are expired (the time-travel window).
     pub snapshot_retention_ms: u64,
+    /// Files that only expired snapshots referenced stay on disk this long
+    /// before cleanup deletes them, so a query that began reading an older
+    /// snapshot is not left holding a path that is gone. Keep it above the
+    /// longest query; 0 deletes them at once.
+    pub file_cleanup_grace_ms: u64,
     /// Where records that can never apply are kept.
     pub quarantine_dir: PathBuf,
     /// Temporary Parquet files of a flush.
@@ -62,6 +67,7 @@ impl Default for CompactorOptions {
             retry_max_ms: 30_000,
             maintenance_interval_ms: 3_600_000,
             snapshot_retention_ms: 7 * 24 * 3_600_000,
+            file_cleanup_grace_ms: 600_000,
             quarantine_dir: PathBuf::from("quarantine"),
             scratch_dir: PathBuf::from("scratch"),
             staged_dir: PathBuf::from("staged"),
@@ -91,6 +97,10 @@ pub struct AccountCompactor {
     /// Each table's schema once the log is applied; appends are checked
     /// against it.
     schemas: Mutex<TableSchemas>,
+    /// When maintenance last expired snapshots (or when this compactor
+    /// opened: an expiry before a restart may be recent); cleanup waits
+    /// until this is `file_cleanup_grace_ms` old.
+    last_expiry: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for AccountCompactor {
@@ -129,6 +139,7 @@ impl AccountCompactor {
                 opts,
                 oldest_pending: Mutex::new(pending),
                 schemas: Mutex::new(schemas),
+                last_expiry: Mutex::new(Instant::now()),
             },
             report,
         ))
@@ -316,7 +327,10 @@ impl AccountCompactor {
     /// Runs maintenance now. Blocking; never concurrent with a flush.
     pub fn maintain_blocking(&self) -> Result<MaintenanceOutcome, CompactorError> {
         let writer = self.writer.lock().expect("writer lock");
-        Ok(maintenance::run(&writer, Duration::from_millis(self.opts.snapshot_retention_ms), &self.opts.metrics_label)?)
+        let retention = Duration::from_millis(self.opts.snapshot_retention_ms);
+        let grace = Duration::from_millis(self.opts.file_cleanup_grace_ms);
+        let mut last_expiry = self.last_expiry.lock().expect("expiry lock");
+        Ok(maintenance::run(&writer, retention, grace, &mut last_expiry, &self.opts.metrics_label)?)
     }
 
     /// Seconds since the oldest uncommitted record was appended (0 if none).

@@ -197,6 +197,55 @@ fn wait_committed_returns_the_snapshot() {
     assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 3);
 }
 
+/// Parquet files under the account's data path.
+fn parquet_files(acct: &Account) -> usize {
+    let mut n = 0;
+    let mut stack = vec![acct.location().data_path];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "parquet") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Files that only expired snapshots used outlive the expiry by the
+/// cleanup grace (a query may still be reading them); with no grace they
+/// go in the same run.
+#[test]
+fn cleanup_keeps_expired_files_for_the_grace_period() {
+    let d = tempfile::tempdir().unwrap();
+    let acct = Account::new(d.path());
+    let rt = rt();
+    let c = acct.open_with(CompactorOptions { snapshot_retention_ms: 0, ..acct.options() });
+    for seq in 0..6 {
+        rt.block_on(c.append(&[rows("t", 1, seq, 10)])).unwrap();
+        c.flush_blocking().unwrap();
+    }
+    assert_eq!(parquet_files(&acct), 6);
+    // The merge replaces the six files; the next flush carries a newer
+    // committed LSN, so the second run expires every snapshot that still
+    // used them.
+    c.maintain_blocking().unwrap();
+    rt.block_on(c.append(&[rows("t", 1, 6, 10)])).unwrap();
+    c.flush_blocking().unwrap();
+    let out = c.maintain_blocking().unwrap();
+    assert!(out.snapshots_expired > 0, "{out:?}");
+    let within_grace = parquet_files(&acct);
+    assert!(within_grace >= 7, "expired files deleted inside the grace period: {within_grace} left");
+    drop(c);
+    let c = acct.open_with(CompactorOptions { snapshot_retention_ms: 0, file_cleanup_grace_ms: 0, ..acct.options() });
+    c.maintain_blocking().unwrap();
+    let after = parquet_files(&acct);
+    assert!(after + 6 <= within_grace, "no grace: the six expired files go ({within_grace} -> {after})");
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 70);
+}
+
 /// Maintenance merges small files and expires old snapshots, and the
 /// committed LSN survives it.
 #[test]

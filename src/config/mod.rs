@@ -141,6 +141,10 @@ pub struct CompactorConfig {
     pub maintenance_interval_ms: u64,
     /// Snapshots are kept (time travel) this long.
     pub snapshot_retention_hours: u64,
+    /// Files only expired snapshots used stay this long before deletion,
+    /// so queries already reading them finish (keep above
+    /// `limits.query_timeout_ms`).
+    pub file_cleanup_grace_ms: u64,
     /// Longest a `?wait=committed` write waits for its snapshot.
     pub commit_wait_timeout_ms: u64,
 }
@@ -154,6 +158,7 @@ impl Default for CompactorConfig {
             max_concurrent_flushes: 2,
             maintenance_interval_ms: 3_600_000,
             snapshot_retention_hours: 168,
+            file_cleanup_grace_ms: 600_000,
             commit_wait_timeout_ms: 30_000,
         }
     }

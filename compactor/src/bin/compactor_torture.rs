@@ -31,6 +31,7 @@ fn main() {
         flush_interval_ms: 50,
         maintenance_interval_ms: 300,
         snapshot_retention_ms: 0,
+        file_cleanup_grace_ms: 0,
         quarantine_dir: dir.join("quarantine"),
         scratch_dir: dir.join("scratch"),
         staged_dir: dir.join("staged"),

@@ -527,3 +527,35 @@ fn postgres_catalog_ingest_and_listing() {
     let p = json_of(s.get("/api/datasets/events/preview?limit=3", Some(&a.key)), 200);
     assert_eq!(p["rows"].as_array().unwrap().len(), 3);
 }
+
+/// The journal mode of an SQLite file, as SQLite itself reports it.
+fn journal_mode(db: &Path) -> String {
+    python(&format!(
+        "import sqlite3; print(sqlite3.connect({:?}).execute('PRAGMA journal_mode').fetchone()[0])",
+        db.display().to_string()
+    ))
+    .trim()
+    .to_string()
+}
+
+/// An account's SQLite catalog is in WAL journal mode from its creation,
+/// and a catalog from before (rollback journal) is switched when the
+/// daemon first opens it: in rollback mode every commit of the compactor
+/// locked readers out, and DuckDB's SQLite reader fails instead of waiting.
+#[test]
+fn sqlite_catalogs_use_wal_journal_mode() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let catalog = a.root.join("catalog.sqlite");
+    assert_eq!(journal_mode(&catalog), "wal");
+    // As an older DuckPond left it.
+    python(&format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute('PRAGMA journal_mode=DELETE'); c.close()",
+        catalog.display().to_string()
+    ));
+    assert_eq!(journal_mode(&catalog), "delete");
+    let s = env.serve();
+    json_of(upload(&s, &a, "people", "?wait=committed", "text/csv", CSV), 200);
+    assert_eq!(journal_mode(&catalog), "wal");
+    assert_eq!(rows_of(&s, &a, "people"), 3);
+}

@@ -129,6 +129,33 @@ pub fn dir_size_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// Puts a SQLite DuckLake catalog in write-ahead-log journal mode (kept
+/// in the file; a no-op for PostgreSQL catalogs and catalogs already in
+/// it). In SQLite's default rollback mode a commit locks readers out, and
+/// DuckDB's SQLite reader does not wait: queries and notebooks reading
+/// while the compactor commits failed with "database is locked", and a
+/// commit that met a reader could be left holding the lock. In WAL mode
+/// readers and the one writer never block each other.
+pub async fn catalog_wal_mode(location: &CatalogLocation) -> Result<(), sqlx::Error> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+    use sqlx::{ConnectOptions, Connection};
+    let CatalogMetadata::Sqlite(file) = &location.metadata else { return Ok(()) };
+    if !file.exists() {
+        return Ok(());
+    }
+    let conn = SqliteConnectOptions::new()
+        .filename(file)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(CATALOG_BUSY_TIMEOUT)
+        .connect()
+        .await?;
+    conn.close().await
+}
+
+/// How long switching a catalog's journal mode waits for other
+/// connections' locks.
+const CATALOG_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;

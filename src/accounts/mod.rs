@@ -386,6 +386,12 @@ impl AccountService {
             .await
             .unwrap_or_else(|e| Err(AccountError::Corrupt(format!("catalog setup task failed: {e}"))))
         };
+        let setup = match setup {
+            Ok(()) => layout::catalog_wal_mode(&catalog)
+                .await
+                .map_err(|e| AccountError::Corrupt(format!("catalog journal mode: {e}"))),
+            Err(e) => Err(e),
+        };
         let result = match setup {
             Ok(()) => self.create_key(&account, "initial").await,
             Err(e) => Err(e),

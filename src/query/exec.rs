@@ -118,13 +118,20 @@ impl Admission {
 
 /// Starts `sql` (already checked by [`super::guard`]) on a connection of
 /// `engine`; returns once it runs. At most `max_rows` rows are produced.
-pub fn start(
+pub async fn start(
     engine: &Arc<AccountEngine>,
     sql: String,
     max_rows: Option<u64>,
     permit: OwnedSemaphorePermit,
 ) -> Result<Running, QueryError> {
-    let conn = engine.connection().map_err(|e| QueryError::Unavailable(e.to_string()))?;
+    // Even opening a connection reads the catalog (`USE lake`), which can
+    // wait on the catalog's lock while a flush commits: never on a runtime
+    // worker, or a few such waits stall every request of the daemon.
+    let e = engine.clone();
+    let conn = tokio::task::spawn_blocking(move || e.connection())
+        .await
+        .map_err(|e| QueryError::Unavailable(format!("query task failed: {e}")))?
+        .map_err(|e| QueryError::Unavailable(e.to_string()))?;
     let interrupt = conn.interrupt_handle();
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
     tokio::task::spawn_blocking(move || produce(conn, &sql, max_rows, tx));

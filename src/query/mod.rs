@@ -60,14 +60,16 @@ impl AccountEngine {
         Ok(conn)
     }
 
-    /// Runs `f` on a connection of this instance, off the async runtime.
+    /// Runs `f` on a connection of this instance, off the async runtime
+    /// (opening the connection included: it reads the catalog, which can
+    /// wait on a flush's lock).
     pub async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, LakeError>
     where
         F: FnOnce(&duckdb::Connection) -> Result<T, LakeError> + Send + 'static,
         T: Send + 'static,
     {
-        let conn = self.connection()?;
-        tokio::task::spawn_blocking(move || f(&conn))
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me.connection()?))
             .await
             .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("query task failed: {e}"))))
     }
@@ -115,6 +117,9 @@ impl Engines {
     async fn open_engine(&self, account: &Account, version: Option<i64>) -> Result<Arc<AccountEngine>, LakeError> {
         let layout = AccountLayout::new(&self.storage_root, &account.id);
         let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
+        crate::accounts::layout::catalog_wal_mode(&location)
+            .await
+            .map_err(|e| LakeError::RoundTrip(format!("catalog journal mode: {e}")))?;
         let metadata_tables = location.metadata_tables(LAKE_ALIAS);
         let root = layout.root().to_path_buf();
         let mut attach = location.attach_sql(LAKE_ALIAS, true);

@@ -194,7 +194,7 @@ async fn run(
         OutputFormat::Json => req.limit.map(|l| l.saturating_add(1)),
         _ => req.limit,
     };
-    let mut running = exec::start(&engine, req.sql, max_rows, permit).map_err(query_error)?;
+    let mut running = exec::start(&engine, req.sql, max_rows, permit).await.map_err(query_error)?;
     let (schema, snapshot_id) = match next(&mut running, deadline).await? {
         Some(Message::Start { schema, snapshot_id }) => (schema, snapshot_id),
         Some(Message::Failed(e)) => return Err(query_error(e)),

@@ -9,17 +9,16 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::kernel::Kernel;
 use common::{error_of, json_of, Backend, Server, TestEnv};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, stream::MaybeTlsStream, Message, WebSocket};
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const OUTPUT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn notebook_env() -> PathBuf {
     std::env::var_os("DUCKPOND_TEST_NOTEBOOK_ENV").map(PathBuf::from).expect(
@@ -103,103 +102,6 @@ fn upload_csv(server: &Server, key: &str, table: &str, csv: &str) {
 
 fn proxied_health(server: &Server, key: &str, id: &str) -> reqwest::blocking::Response {
     server.get(&format!("/notebooks/{id}/health"), Some(key))
-}
-
-/// A marimo kernel reached through the proxy's websocket.
-struct Kernel {
-    ws: WebSocket<MaybeTlsStream<TcpStream>>,
-    session_id: String,
-    server_token: String,
-    setup_code: String,
-}
-
-impl Kernel {
-    /// Loads the editor page (for marimo's skew-protection token), opens the
-    /// kernel websocket and waits for `kernel-ready`.
-    fn open(server: &Server, key: &str, id: &str) -> Kernel {
-        let page = server.get(&format!("/notebooks/{id}/"), Some(key));
-        assert_eq!(page.status(), 200);
-        let html = page.text().unwrap();
-        assert!(!html.contains("Login"), "marimo's login page reached the user");
-        let server_token = html
-            .split("server-token data-token=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .expect("marimo's server token in the page")
-            .to_string();
-        let session_id = format!("test-{}", uuid::Uuid::new_v4().simple());
-        let ws_url = format!("{}/notebooks/{id}/ws?session_id={session_id}", server.url.replace("http://", "ws://"));
-        let mut req = ws_url.into_client_request().unwrap();
-        req.headers_mut().insert("X-API-Key", key.parse().unwrap());
-        let (mut ws, res) = tungstenite::connect(req).expect("websocket through the proxy");
-        assert_eq!(res.status(), 101);
-        if let MaybeTlsStream::Plain(s) = ws.get_mut() {
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        }
-        let mut kernel = Kernel { ws, session_id, server_token, setup_code: String::new() };
-        let ready = kernel.next_op("kernel-ready", OUTPUT_TIMEOUT, |_| true);
-        let ids = ready["data"]["cell_ids"].as_array().unwrap();
-        let pos = ids.iter().position(|c| c == "setup").expect("the template has a setup cell");
-        kernel.setup_code = ready["data"]["codes"][pos].as_str().unwrap().to_string();
-        kernel
-    }
-
-    /// Reads messages until one with `op` satisfies `pred`. Pings from the
-    /// server are answered by tungstenite (they pass the proxy both ways).
-    fn next_op(&mut self, op: &str, limit: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            assert!(Instant::now() < deadline, "no {op} message within {limit:?}");
-            match self.ws.read() {
-                Ok(Message::Text(t)) => {
-                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                    if v["op"] == op && pred(&v) {
-                        return v;
-                    }
-                }
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(e) => panic!("websocket failed: {e}"),
-            }
-        }
-    }
-
-    /// Runs cells (id, code) through marimo's HTTP API; results arrive on
-    /// the websocket.
-    fn run(&mut self, server: &Server, key: &str, id: &str, cells: &[(&str, &str)]) {
-        let body = json!({
-            "cellIds": cells.iter().map(|c| c.0).collect::<Vec<_>>(),
-            "codes": cells.iter().map(|c| c.1).collect::<Vec<_>>(),
-        });
-        let res = server
-            .http
-            .post(server.url(&format!("/notebooks/{id}/api/kernel/run")))
-            .header("X-API-Key", key)
-            .header("Marimo-Session-Id", &self.session_id)
-            .header("Marimo-Server-Token", &self.server_token)
-            .json(&body)
-            .send()
-            .unwrap();
-        assert_eq!(res.status(), 200, "{}", res.text().unwrap());
-    }
-
-    /// The output of `cell` once it has one (errors included, as JSON).
-    fn output(&mut self, cell: &str) -> Value {
-        let v =
-            self.next_op("cell-op", OUTPUT_TIMEOUT, |v| v["data"]["cell_id"] == cell && !v["data"]["output"].is_null());
-        v["data"]["output"].clone()
-    }
-
-    /// Runs the setup cell and `code` as cell `probe`; returns the probe's
-    /// output text, panicking on an error output.
-    fn eval(&mut self, server: &Server, key: &str, id: &str, code: &str) -> String {
-        let setup = self.setup_code.clone();
-        self.run(server, key, id, &[("setup", &setup), ("probe", code)]);
-        let out = self.output("probe");
-        assert_ne!(out["channel"], "marimo-error", "cell failed: {out}");
-        out["data"].as_str().unwrap_or_default().to_string()
-    }
 }
 
 /// Pids of processes whose command line serves notebook `id`.
@@ -324,13 +226,13 @@ fn process_session_runs_a_cell_over_the_proxied_websocket() {
     let res = direct.get(format!("http://127.0.0.1:{port}/notebooks/{id}/api/status/connections")).send().unwrap();
     assert!(res.status() == 401 || res.status() == 403 || res.status().is_redirection(), "{}", res.status());
     // The session does not see the daemon's environment (admin key, DB URL).
-    let mut kernel = Kernel::open(&server, &key, &id);
-    let out = kernel.eval(&server, &key, &id, "duckdb.sql('SELECT sum(amount) * 1000 + 7 FROM sales').fetchone()[0]");
+    let mut kernel = Kernel::open(&server.url, &server.http, &key, &id);
+    let out = kernel.eval("duckdb.sql('SELECT sum(amount) * 1000 + 7 FROM sales').fetchone()[0]");
     assert!(out.contains("3007"), "{out}");
-    let env_keys = kernel.eval(&server, &key, &id, "sorted(k for k in os.environ if 'ADMIN' in k or 'DATABASE' in k)");
+    let env_keys = kernel.eval("sorted(k for k in os.environ if 'ADMIN' in k or 'DATABASE' in k)");
     assert!(env_keys.contains("[]"), "daemon secrets leaked into the session: {env_keys}");
     // The lake is read-only from the notebook.
-    kernel.run(&server, &key, &id, &[("write", "duckdb.sql('INSERT INTO sales VALUES (\\'x\\', 9)')")]);
+    kernel.run(&[("write", "duckdb.sql('INSERT INTO sales VALUES (\\'x\\', 9)')")]);
     let out = kernel.output("write");
     assert_eq!(out["channel"], "marimo-error", "a notebook wrote to the lake: {out}");
     drop(kernel);
@@ -350,7 +252,7 @@ fn idle_sessions_are_culled_but_open_editors_are_not() {
     let id = create_notebook(&server, &key, "idle");
     start_ready(&server, &key, &id);
     // An open editor websocket keeps it alive well past the timeout.
-    let kernel = Kernel::open(&server, &key, &id);
+    let kernel = Kernel::open(&server.url, &server.http, &key, &id);
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(session(&server, &key, &id)["state"], "ready");
     drop(kernel);
@@ -499,9 +401,9 @@ fn a_cell_past_the_memory_limit_kills_only_its_own_session() {
     let calm = create_notebook(&server, &bob, "calm");
     start_ready(&server, &alice, &greedy);
     start_ready(&server, &bob, &calm);
-    let mut kernel = Kernel::open(&server, &alice, &greedy);
+    let mut kernel = Kernel::open(&server.url, &server.http, &alice, &greedy);
     // 2 GiB, every page written.
-    kernel.run(&server, &alice, &greedy, &[("hog", "_hog = b'x' * (2 * 1024 * 1024 * 1024)")]);
+    kernel.run(&[("hog", "_hog = b'x' * (2 * 1024 * 1024 * 1024)")]);
     let v = wait_session(&server, &alice, &greedy, Duration::from_secs(60), |v| v["state"] == "failed");
     assert!(v["reason"].as_str().unwrap().contains("out of memory"), "{v}");
     assert!(marimo_pids(&greedy).is_empty(), "the failed session was not cleaned up");
@@ -552,15 +454,15 @@ fn docker_session_is_limited_isolated_and_removed() {
 
     // The kernel reads the account's lake through the read-only mount and
     // can write neither the lake nor the image.
-    let mut kernel = Kernel::open(&server, &key, &id);
-    let out = kernel.eval(&server, &key, &id, "duckdb.sql('SELECT sum(amount) * 1000 + 7 FROM sales').fetchone()[0]");
+    let mut kernel = Kernel::open(&server.url, &server.http, &key, &id);
+    let out = kernel.eval("duckdb.sql('SELECT sum(amount) * 1000 + 7 FROM sales').fetchone()[0]");
     assert!(out.contains("3007"), "{out}");
-    kernel.run(&server, &key, &id, &[("w1", "open('/lake/data/evil.parquet', 'w')")]);
+    kernel.run(&[("w1", "open('/lake/data/evil.parquet', 'w')")]);
     assert_eq!(kernel.output("w1")["channel"], "marimo-error");
-    kernel.run(&server, &key, &id, &[("w2", "open('/opt/nb/evil', 'w')")]);
+    kernel.run(&[("w2", "open('/opt/nb/evil', 'w')")]);
     assert_eq!(kernel.output("w2")["channel"], "marimo-error");
     // Past its memory cap the session fails with a reason; the container goes.
-    kernel.run(&server, &key, &id, &[("hog", "_hog = b'x' * (2 * 1024 * 1024 * 1024)")]);
+    kernel.run(&[("hog", "_hog = b'x' * (2 * 1024 * 1024 * 1024)")]);
     let v = wait_session(&server, &key, &id, Duration::from_secs(60), |v| v["state"] == "failed");
     assert!(v["reason"].as_str().unwrap().contains("out of memory"), "{v}");
     drop(kernel);

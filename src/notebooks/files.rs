@@ -33,6 +33,7 @@ app = marimo.App(width="medium")
 with app.setup:
     import os
     import pathlib
+    import time
 
     import duckdb
     import duckdb_extension_ducklake
@@ -47,10 +48,19 @@ with app.setup:
         _path = pathlib.Path(_pkg.__file__).parent / "extensions" / f"v{duckdb.__version__}" / f"{_name}.duckdb_extension"
         duckdb.execute(f"LOAD '{_path}'")
     if os.environ.get("DUCKPOND_CATALOG"):
-        duckdb.execute(
-            f"ATTACH IF NOT EXISTS '{os.environ['DUCKPOND_CATALOG']}' AS lake "
-            f"(READ_ONLY, DATA_PATH '{os.environ['DUCKPOND_DATA_PATH']}', OVERRIDE_DATA_PATH true)"
-        )
+        # A commit holds a SQLite catalog's lock for a moment, and DuckDB's
+        # SQLite reader does not wait for it: retry for up to 10 s.
+        for _attempt in range(100):
+            try:
+                duckdb.execute(
+                    f"ATTACH IF NOT EXISTS '{os.environ['DUCKPOND_CATALOG']}' AS lake "
+                    f"(READ_ONLY, DATA_PATH '{os.environ['DUCKPOND_DATA_PATH']}', OVERRIDE_DATA_PATH true)"
+                )
+                break
+            except duckdb.Error as _e:
+                if "database is locked" not in str(_e) or _attempt == 99:
+                    raise
+                time.sleep(0.1)
         duckdb.execute("USE lake")
 
 

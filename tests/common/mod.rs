@@ -9,6 +9,8 @@
 //!   DATABASE (set by `make test`, which starts PostgreSQL).
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -7,7 +7,7 @@
 //! except the newest snapshot carrying the compactor's committed LSN, which
 //! is never expired (recovery reads the LSN from it).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::lake::LakeError;
 use crate::telemetry as m;
@@ -16,7 +16,7 @@ use crate::writer::{LakeWriter, LAKE_ALIAS, LSN_KEY};
 /// What a maintenance run did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MaintenanceOutcome {
-    /// Snapshots before the run minus after it.
+    /// Snapshots this run expired (a merge adds one of its own).
     pub snapshots_expired: i64,
     /// Data files before the run minus after it (merges and cleanup).
     pub data_files_removed: i64,
@@ -26,34 +26,21 @@ pub struct MaintenanceOutcome {
 
 /// Runs cleanup, merge and expire on the writer's lake.
 ///
-/// Files that only expired snapshots used are deleted `cleanup_grace`
-/// after their expiry at the earliest, so a query that began on an older
-/// snapshot finds its files. DuckLake's own `older_than` cannot say that
-/// with a SQLite catalog (its cutoff is compared as text in another
-/// format, so every file scheduled the same day matches), so the grace is
-/// kept here: cleanup runs before this run's expiry, and only once the
-/// previous expiry (`last_expiry`, updated here) is older than the grace.
+/// Files DuckLake no longer needs (replaced by a merge, or used only by
+/// expired snapshots) are deleted `cleanup_grace` after DuckLake scheduled
+/// them, so a query that began on an older snapshot finds its files.
 pub fn run(
     writer: &LakeWriter,
     retention: Duration,
     cleanup_grace: Duration,
-    last_expiry: &mut Instant,
     label: &str,
 ) -> Result<MaintenanceOutcome, LakeError> {
     let conn = writer.connection();
     let count = |sql: &str| -> Result<i64, LakeError> {
         conn.query_row(sql, [], |r| r.get(0)).map_err(LakeError::duckdb("counting"))
     };
-    let snapshots_sql = format!("SELECT count(*) FROM {LAKE_ALIAS}.snapshots()");
     let files_sql = format!("SELECT coalesce(sum(file_count), 0)::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}')");
-    let (snapshots_before, files_before) = (count(&snapshots_sql)?, count(&files_sql)?);
-    let cleanup = || {
-        conn.execute_batch(&format!("CALL ducklake_cleanup_old_files('{LAKE_ALIAS}', cleanup_all => true)"))
-            .map_err(LakeError::duckdb("deleting unreferenced files"))
-    };
-    if last_expiry.elapsed() >= cleanup_grace {
-        cleanup()?;
-    }
+    let files_before = count(&files_sql)?;
 
     conn.execute_batch(&format!("CALL ducklake_merge_adjacent_files('{LAKE_ALIAS}')"))
         .map_err(LakeError::duckdb("merging adjacent files"))?;
@@ -82,12 +69,7 @@ pub fn run(
         conn.execute_batch(&format!("CALL ducklake_expire_snapshots('{LAKE_ALIAS}', versions => [{list}])"))
             .map_err(LakeError::duckdb("expiring snapshots"))?;
     }
-    if !ids.is_empty() {
-        *last_expiry = Instant::now();
-    }
-    if cleanup_grace.is_zero() {
-        cleanup()?;
-    }
+    cleanup(writer, now_s, cleanup_grace)?;
 
     let mut st = conn
         .prepare(&format!("SELECT table_name, file_count::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}') ORDER BY 1"))
@@ -101,7 +83,7 @@ pub fn run(
         metrics::gauge!(m::DATA_FILES, "account" => label.to_string(), "table" => table.clone()).set(*files as f64);
     }
     let outcome = MaintenanceOutcome {
-        snapshots_expired: snapshots_before - count(&snapshots_sql)?,
+        snapshots_expired: ids.len() as i64,
         data_files_removed: files_before - count(&files_sql)?,
         data_files,
     };
@@ -113,3 +95,55 @@ pub fn run(
     );
     Ok(outcome)
 }
+
+/// Deletes the files DuckLake scheduled for deletion more than `grace` ago.
+///
+/// A merge schedules the files it replaced at once (merged files keep
+/// time travel), so without a grace a query already reading them would
+/// find them gone. DuckLake's own `ducklake_cleanup_old_files(older_than
+/// => ...)` cannot express the grace with a SQLite catalog (it compares
+/// the cutoff as text, so every file scheduled the same day matches):
+/// this reads DuckLake's schedule, deletes the old enough files and their
+/// schedule rows itself. A file that cannot be deleted keeps its row and is
+/// tried again next run.
+fn cleanup(writer: &LakeWriter, now_s: f64, grace: Duration) -> Result<(), LakeError> {
+    let conn = writer.connection();
+    if grace.is_zero() {
+        return conn
+            .execute_batch(&format!("CALL ducklake_cleanup_old_files('{LAKE_ALIAS}', cleanup_all => true)"))
+            .map_err(LakeError::duckdb("deleting unreferenced files"));
+    }
+    let location = writer.location();
+    let schedule = format!("{}.ducklake_files_scheduled_for_deletion", location.metadata_tables(LAKE_ALIAS));
+    let cutoff_us = ((now_s - grace.as_secs_f64()) * 1e6) as i64;
+    let due: Vec<(i64, String, bool)> = {
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT data_file_id, path, path_is_relative::BOOLEAN FROM {schedule} \
+                 WHERE epoch_us(schedule_start::TIMESTAMPTZ) < ?"
+            ))
+            .map_err(LakeError::duckdb("reading the deletion schedule"))?;
+        let rows = st
+            .query_map([cutoff_us], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(LakeError::duckdb("reading the deletion schedule"))?;
+        rows.collect::<Result<_, _>>().map_err(LakeError::duckdb("reading the deletion schedule"))?
+    };
+    let mut deleted = Vec::new();
+    for (id, path, relative) in due {
+        let file = if relative { location.data_path.join(&path) } else { std::path::PathBuf::from(&path) };
+        match std::fs::remove_file(&file) {
+            Ok(()) => deleted.push(id),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted.push(id),
+            Err(e) => tracing::warn!(file = %file.display(), error = %e, "could not delete an unreferenced data file"),
+        }
+    }
+    for ids in deleted.chunks(CLEANUP_ROWS_PER_STATEMENT) {
+        let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+        conn.execute_batch(&format!("DELETE FROM {schedule} WHERE data_file_id IN ({list})"))
+            .map_err(LakeError::duckdb("updating the deletion schedule"))?;
+    }
+    Ok(())
+}
+
+/// Schedule rows removed per DELETE statement.
+const CLEANUP_ROWS_PER_STATEMENT: usize = 500;

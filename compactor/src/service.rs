@@ -41,10 +41,10 @@ pub struct CompactorOptions {
     pub maintenance_interval_ms: u64,
     /// Snapshots older than this are expired (the time-travel window).
     pub snapshot_retention_ms: u64,
-    /// Files that only expired snapshots referenced stay on disk this long
-    /// before cleanup deletes them, so a query that began reading an older
-    /// snapshot is not left holding a path that is gone. Keep it above the
-    /// longest query; 0 deletes them at once.
+    /// Files DuckLake no longer needs (replaced by a merge, used only by
+    /// expired snapshots) are deleted this long after it scheduled them, so
+    /// a query already reading them finishes. Keep it above the longest
+    /// query; 0 deletes them in the same maintenance run.
     pub file_cleanup_grace_ms: u64,
     /// Where records that can never apply are kept.
     pub quarantine_dir: PathBuf,
@@ -97,10 +97,6 @@ pub struct AccountCompactor {
     /// Each table's schema once the log is applied; appends are checked
     /// against it.
     schemas: Mutex<TableSchemas>,
-    /// When maintenance last expired snapshots (or when this compactor
-    /// opened: an expiry before a restart may be recent); cleanup waits
-    /// until this is `file_cleanup_grace_ms` old.
-    last_expiry: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for AccountCompactor {
@@ -139,7 +135,6 @@ impl AccountCompactor {
                 opts,
                 oldest_pending: Mutex::new(pending),
                 schemas: Mutex::new(schemas),
-                last_expiry: Mutex::new(Instant::now()),
             },
             report,
         ))
@@ -329,8 +324,7 @@ impl AccountCompactor {
         let writer = self.writer.lock().expect("writer lock");
         let retention = Duration::from_millis(self.opts.snapshot_retention_ms);
         let grace = Duration::from_millis(self.opts.file_cleanup_grace_ms);
-        let mut last_expiry = self.last_expiry.lock().expect("expiry lock");
-        Ok(maintenance::run(&writer, retention, grace, &mut last_expiry, &self.opts.metrics_label)?)
+        Ok(maintenance::run(&writer, retention, grace, &self.opts.metrics_label)?)
     }
 
     /// Seconds since the oldest uncommitted record was appended (0 if none).

@@ -81,6 +81,7 @@ pub struct LakeWriter {
     conn: Connection,
     scratch_dir: PathBuf,
     staged_dir: PathBuf,
+    location: CatalogLocation,
 }
 
 impl LakeWriter {
@@ -113,7 +114,12 @@ impl LakeWriter {
              CALL {LAKE_ALIAS}.set_option('parquet_version', '{PARQUET_VERSION}');"
         ))
         .map_err(LakeError::duckdb("setting the lake's Parquet options"))?;
-        Ok(Self { conn, scratch_dir: scratch_dir.to_path_buf(), staged_dir: staged_dir.to_path_buf() })
+        Ok(Self {
+            conn,
+            scratch_dir: scratch_dir.to_path_buf(),
+            staged_dir: staged_dir.to_path_buf(),
+            location: location.clone(),
+        })
     }
 
     /// Every table of the lake with its schema as Arrow sees it.
@@ -144,6 +150,11 @@ impl LakeWriter {
     /// The connection (for maintenance and tests).
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Where the lake is.
+    pub fn location(&self) -> &CatalogLocation {
+        &self.location
     }
 
     /// The highest LSN committed to the lake (0 if none).

@@ -213,11 +213,10 @@ fn parquet_files(acct: &Account) -> usize {
     n
 }
 
-/// Files that only expired snapshots used outlive the expiry by the
-/// cleanup grace (a query may still be reading them); with no grace they
-/// go in the same run.
+/// Files a merge replaced stay on disk for the cleanup grace (a query may
+/// still be reading them); with no grace they go in the same run.
 #[test]
-fn cleanup_keeps_expired_files_for_the_grace_period() {
+fn cleanup_keeps_replaced_files_for_the_grace_period() {
     let d = tempfile::tempdir().unwrap();
     let acct = Account::new(d.path());
     let rt = rt();
@@ -227,23 +226,16 @@ fn cleanup_keeps_expired_files_for_the_grace_period() {
         c.flush_blocking().unwrap();
     }
     assert_eq!(parquet_files(&acct), 6);
-    // The merge replaces the six files; the next flush carries a newer
-    // committed LSN, so the second run expires every snapshot that still
-    // used them.
-    c.maintain_blocking().unwrap();
-    rt.block_on(c.append(&[rows("t", 1, 6, 10)])).unwrap();
-    c.flush_blocking().unwrap();
     let out = c.maintain_blocking().unwrap();
-    assert!(out.snapshots_expired > 0, "{out:?}");
+    assert_eq!(out.data_files, vec![("t".to_string(), 1)], "{out:?}");
     let within_grace = parquet_files(&acct);
-    assert!(within_grace >= 7, "expired files deleted inside the grace period: {within_grace} left");
+    assert_eq!(within_grace, 7, "replaced files deleted inside the grace period");
     drop(c);
     let c = acct.open_with(CompactorOptions { snapshot_retention_ms: 0, file_cleanup_grace_ms: 0, ..acct.options() });
     c.maintain_blocking().unwrap();
-    let after = parquet_files(&acct);
-    assert!(after + 6 <= within_grace, "no grace: the six expired files go ({within_grace} -> {after})");
+    assert_eq!(parquet_files(&acct), 1, "no grace: the six replaced files go");
     drop(c);
-    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 70);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 60);
 }
 
 /// Maintenance merges small files and expires old snapshots, and the
@@ -252,7 +244,7 @@ fn cleanup_keeps_expired_files_for_the_grace_period() {
 fn maintenance_merges_and_keeps_the_committed_lsn() {
     let d = tempfile::tempdir().unwrap();
     let acct = Account::new(d.path());
-    let c = acct.open_with(CompactorOptions { snapshot_retention_ms: 0, ..acct.options() });
+    let c = acct.open_with(CompactorOptions { snapshot_retention_ms: 0, file_cleanup_grace_ms: 0, ..acct.options() });
     let rt = rt();
     for seq in 0..12 {
         rt.block_on(c.append(&[rows("t", 1, seq, 10)])).unwrap();

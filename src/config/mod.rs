@@ -141,8 +141,8 @@ pub struct CompactorConfig {
     pub maintenance_interval_ms: u64,
     /// Snapshots are kept (time travel) this long.
     pub snapshot_retention_hours: u64,
-    /// Files only expired snapshots used stay this long before deletion,
-    /// so queries already reading them finish (keep above
+    /// Files DuckLake no longer needs are deleted this long after it
+    /// scheduled them, so queries already reading them finish (keep above
     /// `limits.query_timeout_ms`).
     pub file_cleanup_grace_ms: u64,
     /// Longest a `?wait=committed` write waits for its snapshot.

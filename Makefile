@@ -15,7 +15,14 @@ TEST_NOTEBOOK_ENV ?= $(HOME)/.cache/duckpond/notebook-venv
 TEST_NOTEBOOK_IMAGE ?= duckpond-notebook:latest
 BIN := $(CARGO_TARGET_DIR)/release/duckpond
 
-.PHONY: run test build ui extensions services fmt lint bench-wal bench-compactor bench-ingest bench-prometheus bench-notebooks proto
+BENCH_RESULTS := $(CARGO_TARGET_DIR)/bench-results.jsonl
+SOAK_SECONDS ?= 600
+# Everything a benchmark or the soak needs to find (extensions, venv, image).
+BENCH_ENV := DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_NOTEBOOK_ENV=$(TEST_NOTEBOOK_ENV) \
+	DUCKPOND_TEST_NOTEBOOK_IMAGE=$(TEST_NOTEBOOK_IMAGE)
+
+.PHONY: run test build ui extensions services fmt lint bench soak profile bench-wal bench-compactor bench-ingest \
+	bench-prometheus bench-query bench-notebooks proto
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -54,6 +61,30 @@ services:
 	.ci/notebook-image.sh $(TEST_NOTEBOOK_IMAGE)
 	.ci/ui-deps.sh --browser
 
+## Every benchmark in release mode, each next to its reference measured in
+## the same run; rewrites the summary table of docs/BENCHMARKS.md (about
+## 15 minutes). The per-area bench-* targets below run one each.
+bench: services build
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	rm -f $(BENCH_RESULTS)
+	$(BENCH_ENV) BENCH_RESULTS=$(BENCH_RESULTS) cargo bench --locked --bench wal --bench compactor --bench ingest \
+		--bench prometheus --bench query --bench notebooks -- --noplot
+	.ci/bench-report.py summary $(BENCH_RESULTS) docs/BENCHMARKS.md "make bench"
+
+## Mixed load for SOAK_SECONDS (default 600): remote write, Arrow IPC,
+## uploads, 100 concurrent query clients and a notebook session; fails on
+## any 5xx, lost or duplicated row, or unbounded growth.
+soak: services build
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	$(BENCH_ENV) SOAK_SECONDS=$(SOAK_SECONDS) SOAK_REPORT=$(CARGO_TARGET_DIR)/soak-report.json \
+		cargo bench --locked --bench soak
+
+## Flame graphs of the two slowest ingest paths (CSV upload, wide Arrow
+## stream) into docs/profiles/ (perf record on the daemon, inferno).
+profile: build
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	$(BENCH_ENV) .ci/profile.sh docs/profiles
+
 ## WAL append throughput next to the raw disk (docs/BENCHMARKS.md).
 bench-wal:
 	cargo bench --locked --bench wal -- --noplot
@@ -73,6 +104,11 @@ bench-ingest:
 bench-prometheus:
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench prometheus
+
+## SQL API latency (1M and 10M rows) and 100 concurrent clients next to in-process DuckDB (docs/BENCHMARKS.md).
+bench-query:
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench query
 
 ## Notebook cold start to ready, per backend, next to bare marimo / docker run (docs/BENCHMARKS.md).
 bench-notebooks: services

@@ -1,14 +1,23 @@
 #!/usr/bin/env python3
-"""Turns criterion's estimates into the ratio tables of docs/BENCHMARKS.md.
+"""Turns benchmark results into the ratio tables of docs/BENCHMARKS.md.
 
-Usage: .ci/bench-report.py wal [CRITERION_DIR]
+Usage:
+  .ci/bench-report.py wal [CRITERION_DIR]
+      criterion's WAL estimates as the WAL table (printed).
+  .ci/bench-report.py summary RESULTS.jsonl BENCHMARKS.md COMMAND
+      the headline table of `make bench`: the end-to-end benches' figures
+      (one JSON line each, written by benches/support's `record`) plus the
+      WAL's criterion estimates, each next to its same-run reference and
+      the original description's claim, with the machine, the date and the
+      command; written between the `bench:summary` markers of BENCHMARKS.md.
 
-Reads <CRITERION_DIR>/<group>/.../new/{estimates,benchmark}.json (criterion's
-own output; CRITERION_DIR defaults to $CARGO_TARGET_DIR/criterion) and prints
-a Markdown table: each figure next to its same-run reference and the ratio.
+CRITERION_DIR defaults to $CARGO_TARGET_DIR/criterion.
 """
+import datetime
 import json
 import os
+import platform
+import subprocess
 import sys
 
 
@@ -52,12 +61,102 @@ def wal(est):
             print(f"\n`{key}`: {n * 1e9 / r['ns']:,.0f} records/s acknowledged (fsync mode)")
 
 
+def criterion_dir():
+    return os.path.join(os.environ.get("CARGO_TARGET_DIR", "target"), "criterion")
+
+
+def wal_figures(est):
+    """The WAL's two targets of issue #3 as summary figures."""
+    out = []
+    big, small = est.get("raw_disk/16777216"), est.get("raw_disk/100")
+    r = est.get("wal/1048576/64")
+    if r and big:
+        out.append({"bench": "wal", "id": "wal_1MiB_64", "what": "WAL appends of 1 MiB records, 64 appenders, fsync mode",
+                    "value": mb_s(r), "unit": "MB/s", "higher_is_better": True,
+                    "reference": "pwrite + fdatasync of 16 MiB chunks on the same disk", "reference_value": mb_s(big),
+                    "claim": None})
+    r = est.get("wal_batch/100B_x100/64")
+    if r and small:
+        out.append({"bench": "wal", "id": "wal_100B_batched_64",
+                    "what": "WAL records of 100 B acknowledged, 64 appenders x 100 records per append, fsync mode",
+                    "value": (r["elements"] or 1) * 1e9 / r["ns"], "unit": "records/s", "higher_is_better": True,
+                    "reference": "pwrite + fdatasync per 100 B record (a log without group commit)",
+                    "reference_value": 1e9 / small["ns"], "claim": None})
+    r = est.get("wal/100/64")
+    if r and small:
+        out.append({"bench": "wal", "id": "wal_100B_64", "what": "WAL appends of 100 B, 64 appenders, one record per append",
+                    "value": 1e9 / r["ns"], "unit": "records/s", "higher_is_better": True,
+                    "reference": "pwrite + fdatasync per 100 B record (a log without group commit)",
+                    "reference_value": 1e9 / small["ns"], "claim": None})
+    return out
+
+
+def fmt(v):
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 1:
+        return f"{v:,.2f}"
+    return f"{v:.3f}"
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    return f"{os.cpu_count()} vCPU {cpu}, {mem_gib:.0f} GiB RAM, {platform.system()} {platform.release()}, commit {commit}"
+
+
+def summary(results_path, doc_path, command):
+    figures = [json.loads(l) for l in open(results_path) if l.strip()]
+    figures = wal_figures(load(criterion_dir())) + figures
+    lines = [
+        f"Run: `{command}` on {datetime.date.today().isoformat()}, {machine()}.",
+        "Ratio: how many times better than the reference measured in the same run (throughput: ours / reference;",
+        "latency and size: reference / ours), so 1.00x is par and above 1 is better. Claim: the original",
+        "description's figure in the same unit, and how far this run is from it the same way.",
+        "",
+        "| bench | figure | DuckPond | reference (same run) | ratio | original claim |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for f in figures:
+        v, ref = f["value"], f["reference_value"]
+        better = f["higher_is_better"]
+        ratio = (v / ref if better else ref / v) if v and ref else float("nan")
+        claim = f.get("claim")
+        if claim:
+            beats = v / claim if better else claim / v
+            claim_cell = f"{'>=' if better else '<='} {fmt(claim)} {f['unit']}: {beats:.1f}x"
+        else:
+            claim_cell = "-"
+        lines.append(f"| {f['bench']} | {f['what']} | {fmt(v)} {f['unit']} | {f['reference']}: {fmt(ref)} {f['unit']} "
+                     f"| {ratio:.2f}x | {claim_cell} |")
+    table = "\n".join(lines)
+    doc = open(doc_path).read()
+    begin, end = "<!-- bench:summary:begin -->", "<!-- bench:summary:end -->"
+    if begin not in doc or end not in doc:
+        sys.exit(f"{doc_path} has no {begin} ... {end} markers")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(doc_path, "w") as out:
+        out.write(f"{head}{begin}\n{table}\n{end}{tail}")
+    print(table)
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "wal"
-    root = sys.argv[2] if len(sys.argv) > 2 else os.path.join(
-        os.environ.get("CARGO_TARGET_DIR", "target"), "criterion")
-    est = load(root)
-    {"wal": wal}[what](est)
+    if what == "summary":
+        summary(sys.argv[2], sys.argv[3], sys.argv[4])
+        return
+    root = sys.argv[2] if len(sys.argv) > 2 else criterion_dir()
+    wal(load(root))
 
 
 if __name__ == "__main__":

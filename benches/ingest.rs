@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
-use support::{start, wait_drained, THREADS};
+use support::{record, start, wait_drained, Figure, Profile, THREADS};
 
 mod support;
 
@@ -45,6 +45,7 @@ fn main() {
     let csv_mb = std::fs::metadata(&csv).unwrap().len() as f64 / 1e6;
     let reference = (0..3).map(|_| duckdb_copy(&csv, &tmp.path().join("ref.parquet"))).min().unwrap();
     let mut ours = Vec::new();
+    let profile = Profile::start(server.id(), "csv_upload");
     for i in 0..3 {
         // Like the reference, each upload runs alone: the compactor has
         // committed the previous one before the clock starts.
@@ -62,12 +63,21 @@ fn main() {
         assert!(r.status().is_success(), "{}", r.text().unwrap());
         ours.push(t.elapsed());
     }
+    drop(profile);
     let best = ours.iter().min().unwrap().as_secs_f64();
-    println!(
-        "csv_upload: {csv_mb:.0} MB ({CSV_ROWS} rows): duckpond {:.1} MB/s, duckdb COPY {:.1} MB/s (best of 3 each), ratio {:.2}",
-        csv_mb / best,
-        csv_mb / reference.as_secs_f64(),
-        reference.as_secs_f64() / best
+    let what = format!("CSV upload -> Parquet until the 2xx, {csv_mb:.0} MB, {CSV_ROWS} rows, best of 3");
+    record(
+        "ingest",
+        &Figure {
+            id: "csv_upload",
+            what: &what,
+            value: csv_mb / best,
+            unit: "MB/s",
+            higher_is_better: true,
+            reference: "DuckDB COPY (FROM read_csv(f)) TO 'f.parquet', best of 3",
+            reference_value: csv_mb / reference.as_secs_f64(),
+            claim: Some(50.0),
+        },
     );
 
     // 2. Arrow IPC.
@@ -76,6 +86,7 @@ fn main() {
         wait_drained(&http, &url, &key);
         let mb = ipc.len() as f64 / 1e6;
         let raw = raw_disk(&tmp.path().join(format!("raw-{label}")), &ipc);
+        let profile = Profile::start(server.id(), &format!("arrow_{label}"));
         let t = Instant::now();
         let r = http
             .post(format!("{url}/api/stream/arrow/{label}"))
@@ -85,14 +96,21 @@ fn main() {
             .send()
             .unwrap();
         let secs = t.elapsed().as_secs_f64();
+        drop(profile);
         assert!(r.status().is_success(), "{}", r.text().unwrap());
-        println!(
-            "arrow_{label}: {cols} columns, {rows} rows, {mb:.0} MB: {:.2}M rows/s, {:.0} MB/s acknowledged with fsync; \
-             raw write+fdatasync {:.0} MB/s; ratio {:.2}",
-            rows as f64 / secs / 1e6,
-            mb / secs,
-            mb / raw.as_secs_f64(),
-            raw.as_secs_f64() / secs
+        let what = format!("Arrow IPC stream, {cols} columns, {rows} rows, {mb:.0} MB, acknowledged with fsync");
+        record(
+            "ingest",
+            &Figure {
+                id: &format!("arrow_{label}"),
+                what: &what,
+                value: rows as f64 / secs,
+                unit: "rows/s",
+                higher_is_better: true,
+                reference: "write + fdatasync of the same IPC bytes to a file, as rows/s",
+                reference_value: rows as f64 / raw.as_secs_f64(),
+                claim: Some(100_000.0),
+            },
         );
     }
     let _ = server.kill();

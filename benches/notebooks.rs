@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::start_with;
+use support::{record, start_with, Figure};
 
 mod support;
 
@@ -123,9 +123,18 @@ fn main() {
         rounds,
     );
     let (a, b) = (p50(ours), p50(bare));
-    println!(
-        "notebook start, process backend: p50 {a:.2} s through DuckPond; bare marimo edit {b:.2} s; ratio {:.2}",
-        a / b
+    record(
+        "notebooks",
+        &Figure {
+            id: "start_process",
+            what: "notebook cold start to ready, process backend, p50",
+            value: a,
+            unit: "s",
+            higher_is_better: false,
+            reference: "bare `marimo edit --headless`, polled the same way, p50",
+            reference_value: b,
+            claim: Some(3.0),
+        },
     );
 
     // Docker backend and a bare `docker run` of the same image.
@@ -157,8 +166,17 @@ fn main() {
         rounds,
     );
     let (a, b) = (p50(ours), p50(bare));
-    println!(
-        "notebook start, docker backend: p50 {a:.2} s through DuckPond; bare docker run {b:.2} s; ratio {:.2}",
-        a / b
+    record(
+        "notebooks",
+        &Figure {
+            id: "start_docker",
+            what: "notebook cold start to ready, docker backend, p50",
+            value: a,
+            unit: "s",
+            higher_is_better: false,
+            reference: "bare `docker run` of the same image, polled the same way, p50",
+            reference_value: b,
+            claim: Some(3.0),
+        },
     );
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use duckpond_schema::prompb;
 use prost::Message;
-use support::{start, wait_drained};
+use support::{record, start, wait_drained, Figure};
 
 mod support;
 
@@ -167,6 +167,33 @@ fn main() {
         "storage: {:.2} bytes/sample in the lake (prom_samples + prom_series Parquet, {:.1} MB)",
         stored / total as f64,
         stored / 1e6
+    );
+    let what = format!("remote write 1.0, {total} samples, {SHARDS} senders, 204 = fsynced in the log");
+    record(
+        "prometheus",
+        &Figure {
+            id: "remote_write",
+            what: &what,
+            value: ours,
+            unit: "samples/s",
+            higher_is_better: true,
+            reference: "Prometheus 2.42 --web.enable-remote-write-receiver, same payloads",
+            reference_value: theirs,
+            claim: Some(100_000.0),
+        },
+    );
+    record(
+        "prometheus",
+        &Figure {
+            id: "bytes_per_sample",
+            what: "lake bytes per sample after compaction (prom_samples + prom_series)",
+            value: stored / total as f64,
+            unit: "bytes",
+            higher_is_better: false,
+            reference: "the uncompressed sample (int64 timestamp + float64 value)",
+            reference_value: 16.0,
+            claim: None,
+        },
     );
     let _ = server.kill();
     let _ = server.wait();

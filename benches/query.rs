@@ -121,7 +121,9 @@ fn main() {
     }
     let me: serde_json::Value =
         http.get(format!("{url}/api/account")).header("X-API-Key", &key).send().unwrap().json().unwrap();
-    let root = tmp.path().join("data/accounts").join(me["id"].as_str().unwrap());
+    // Canonical: DuckLake compares the DATA_PATH with the one the daemon
+    // gave ("./x" is not "x").
+    let root = tmp.path().canonicalize().unwrap().join("data/accounts").join(me["id"].as_str().unwrap());
 
     // The reference: the same lake, read-only, in this process.
     let ext = Extensions::locate(Path::new(&ext_dir)).unwrap();
@@ -188,6 +190,8 @@ fn main() {
         let handles: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 let (conn, mix) = (conn.try_clone().unwrap(), &mix);
+                // The default database is per connection.
+                conn.execute_batch("USE lake").unwrap();
                 s.spawn(move || {
                     (0..PER_CLIENT).map(|i| duckdb_query(&conn, &mix[(c + i) % mix.len()]) * 1e3).collect::<Vec<_>>()
                 })

@@ -446,7 +446,8 @@ fn main() {
         .build()
         .unwrap();
     let me: Value = http.get(format!("{url}/api/account")).header("X-API-Key", &key).send().unwrap().json().unwrap();
-    let root: PathBuf = tmp.path().join("data/accounts").join(me["id"].as_str().unwrap());
+    // Canonical: DuckLake compares the DATA_PATH with the daemon's.
+    let root: PathBuf = tmp.path().canonicalize().unwrap().join("data/accounts").join(me["id"].as_str().unwrap());
     let base_ms = chrono::Utc::now().timestamp_millis() - 3_600_000;
     let sh = Shared {
         url: url.clone(),

@@ -19,8 +19,9 @@ fi
 if [ ! -x "$tools/bin/inferno-flamegraph" ]; then
     CARGO_TARGET_DIR="$tools/target" cargo install --locked --root "$tools" inferno
 fi
-raw=$(mktemp -d)
-trap 'rm -rf "$raw"' EXIT
+# The recordings stay in the target directory for `perf report -i`.
+raw=${CARGO_TARGET_DIR:-$HOME/.cache/duckpond/target}/profiles
+rm -rf "$raw" && mkdir -p "$raw"
 BENCH_PROFILE_DIR=$raw cargo bench --locked --bench ingest
 for data in "$raw"/*.perf.data; do
     name=$(basename "$data" .perf.data)
@@ -28,7 +29,7 @@ for data in "$raw"/*.perf.data; do
     perf script -i "$data" 2>/dev/null | "$tools/bin/inferno-collapse-perf" > "$raw/$name.folded"
     "$tools/bin/inferno-flamegraph" --title "duckpond: $name" < "$raw/$name.folded" > "$out/$name.svg"
     # Self time per function, top 25: what bounds the path.
-    perf report -i "$data" --stdio --no-children --sort symbol --percent-limit 1 2>/dev/null \
-        | grep -v '^#' | grep -v '^$' | head -25 > "$out/$name.txt"
+    perf report -i "$data" --stdio --no-children --sort dso,symbol -g none --percent-limit 0.5 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -40 | sed 's/ *$//' > "$out/$name.txt"
     echo "$out/$name.svg"
 done

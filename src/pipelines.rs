@@ -45,7 +45,7 @@ impl Pipelines {
             extensions,
             settings: config.duckdb.instance_settings(),
             storage_root: config.storage.local_path.clone(),
-            catalogs: CatalogPlacement::from_config(&config.storage),
+            catalogs: CatalogPlacement::from_config(config),
             wal: WalOptions {
                 segment_size_bytes: w.segment_size_bytes,
                 max_record_bytes: w.max_record_bytes,
@@ -92,7 +92,7 @@ impl Pipelines {
         let (ext, settings) = (self.extensions.clone(), self.settings);
         let catalog = layout.catalog(&self.catalogs);
         // Catalogs created before WAL journal mode was the rule.
-        crate::accounts::layout::catalog_wal_mode(&catalog)
+        crate::accounts::layout::catalog_journal_mode(&catalog, self.catalogs.sqlite_wal())
             .await
             .map_err(|e| CompactorError::Lake(LakeError::RoundTrip(format!("catalog journal mode: {e}"))))?;
         let wal = WalOptions { metrics_label: account.id.to_string(), ..self.wal.clone() };

@@ -8,15 +8,19 @@ use std::path::{Path, PathBuf};
 
 use duckpond_compactor::{CatalogLocation, CatalogMetadata};
 
-use crate::config::{CatalogBackend, StorageConfig};
+use crate::config::{CatalogBackend, Config, NotebookBackend};
 
 use super::AccountId;
 
 /// Where accounts' catalogs go, from the `storage:` configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogPlacement {
-    /// `<account root>/catalog.sqlite`.
-    Sqlite,
+    /// `<account root>/catalog.sqlite`, in SQLite's WAL journal mode when
+    /// `wal` (see [`catalog_journal_mode`]).
+    Sqlite {
+        /// WAL journal mode; rollback journal mode otherwise.
+        wal: bool,
+    },
     /// Schema `duckpond_<account id>` in this PostgreSQL database.
     Postgres {
         /// Connection string or URL.
@@ -25,12 +29,25 @@ pub enum CatalogPlacement {
 }
 
 impl CatalogPlacement {
-    /// From the configuration.
-    pub fn from_config(storage: &StorageConfig) -> Self {
+    /// From the configuration. SQLite catalogs use WAL journal mode unless
+    /// notebooks run in Docker: a container reads the catalog through a
+    /// read-only mount, and SQLite cannot open a WAL database there (it
+    /// needs to create the `-shm` file), so those deployments keep the
+    /// rollback journal and its reader/writer lock contention (PostgreSQL
+    /// catalogs have neither problem).
+    pub fn from_config(config: &Config) -> Self {
+        let storage = &config.storage;
         match storage.catalog_backend {
-            CatalogBackend::Sqlite => CatalogPlacement::Sqlite,
+            CatalogBackend::Sqlite => {
+                CatalogPlacement::Sqlite { wal: !matches!(config.notebooks.backend, NotebookBackend::Docker) }
+            }
             CatalogBackend::Postgres => CatalogPlacement::Postgres { conninfo: storage.catalog_postgres_url.clone() },
         }
+    }
+
+    /// Whether SQLite catalogs are to be in WAL journal mode.
+    pub fn sqlite_wal(&self) -> bool {
+        matches!(self, CatalogPlacement::Sqlite { wal: true })
     }
 }
 
@@ -88,7 +105,7 @@ impl AccountLayout {
     /// from the random account id, never from user input.
     pub fn catalog(&self, placement: &CatalogPlacement) -> CatalogLocation {
         let metadata = match placement {
-            CatalogPlacement::Sqlite => CatalogMetadata::Sqlite(self.root.join("catalog.sqlite")),
+            CatalogPlacement::Sqlite { .. } => CatalogMetadata::Sqlite(self.root.join("catalog.sqlite")),
             CatalogPlacement::Postgres { conninfo } => {
                 CatalogMetadata::Postgres { conninfo: conninfo.clone(), schema: format!("duckpond_{}", self.id) }
             }
@@ -140,14 +157,14 @@ pub fn dir_size_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-/// Puts a SQLite DuckLake catalog in write-ahead-log journal mode (kept
-/// in the file; a no-op for PostgreSQL catalogs and catalogs already in
-/// it). In SQLite's default rollback mode a commit locks readers out, and
-/// DuckDB's SQLite reader does not wait: queries and notebooks reading
-/// while the compactor commits failed with "database is locked", and a
-/// commit that met a reader could be left holding the lock. In WAL mode
-/// readers and the one writer never block each other.
-pub async fn catalog_wal_mode(location: &CatalogLocation) -> Result<(), sqlx::Error> {
+/// Puts a SQLite DuckLake catalog in write-ahead-log journal mode, or back
+/// in rollback mode when `wal` is false (the mode is kept in the file; a
+/// no-op for PostgreSQL catalogs). In SQLite's rollback mode a commit locks
+/// readers out, and DuckDB's SQLite reader does not wait: queries and
+/// notebooks reading while the compactor commits failed with "database is
+/// locked", and a commit that met a reader could be left holding the lock.
+/// In WAL mode readers and the one writer never block each other.
+pub async fn catalog_journal_mode(location: &CatalogLocation, wal: bool) -> Result<(), sqlx::Error> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
     use sqlx::{ConnectOptions, Connection};
     let CatalogMetadata::Sqlite(file) = &location.metadata else { return Ok(()) };
@@ -156,7 +173,7 @@ pub async fn catalog_wal_mode(location: &CatalogLocation) -> Result<(), sqlx::Er
     }
     let conn = SqliteConnectOptions::new()
         .filename(file)
-        .journal_mode(SqliteJournalMode::Wal)
+        .journal_mode(if wal { SqliteJournalMode::Wal } else { SqliteJournalMode::Delete })
         .busy_timeout(CATALOG_BUSY_TIMEOUT)
         .connect()
         .await?;

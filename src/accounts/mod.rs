@@ -329,7 +329,7 @@ impl AccountService {
             storage_root: config.storage.local_path.clone(),
             extension_dir: config.duckdb.extension_directory.clone(),
             instance: config.duckdb.instance_settings(),
-            catalogs: CatalogPlacement::from_config(&config.storage),
+            catalogs: CatalogPlacement::from_config(config),
         }
     }
 
@@ -387,7 +387,7 @@ impl AccountService {
             .unwrap_or_else(|e| Err(AccountError::Corrupt(format!("catalog setup task failed: {e}"))))
         };
         let setup = match setup {
-            Ok(()) => layout::catalog_wal_mode(&catalog)
+            Ok(()) => layout::catalog_journal_mode(&catalog, self.catalogs.sqlite_wal())
                 .await
                 .map_err(|e| AccountError::Corrupt(format!("catalog journal mode: {e}"))),
             Err(e) => Err(e),

@@ -91,7 +91,7 @@ impl Engines {
             extensions,
             settings: config.duckdb.instance_settings(),
             storage_root: config.storage.local_path.clone(),
-            catalogs: CatalogPlacement::from_config(&config.storage),
+            catalogs: CatalogPlacement::from_config(config),
             open: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -117,7 +117,7 @@ impl Engines {
     async fn open_engine(&self, account: &Account, version: Option<i64>) -> Result<Arc<AccountEngine>, LakeError> {
         let layout = AccountLayout::new(&self.storage_root, &account.id);
         let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
-        crate::accounts::layout::catalog_wal_mode(&location)
+        crate::accounts::layout::catalog_journal_mode(&location, self.catalogs.sqlite_wal())
             .await
             .map_err(|e| LakeError::RoundTrip(format!("catalog journal mode: {e}")))?;
         let metadata_tables = location.metadata_tables(LAKE_ALIAS);

@@ -24,7 +24,7 @@ pub struct MaintenanceOutcome {
     pub data_files: Vec<(String, i64)>,
 }
 
-/// Runs cleanup, merge and expire on the writer's lake.
+/// Runs merge, expire and cleanup on the writer's lake.
 ///
 /// Files DuckLake no longer needs (replaced by a merge, or used only by
 /// expired snapshots) are deleted `cleanup_grace` after DuckLake scheduled

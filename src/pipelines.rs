@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duckpond_compactor::{AccountCompactor, CompactorError, CompactorOptions, Extensions, InstanceSettings, LakeError};
+use duckpond_compactor::{AccountCompactor, CompactorError, CompactorOptions, Extensions, InstanceSettings};
 use duckpond_wal::{Durability, WalOptions};
 use tokio::sync::{watch, Mutex, Semaphore};
 use tokio::task::JoinHandle;
@@ -92,9 +92,7 @@ impl Pipelines {
         let (ext, settings) = (self.extensions.clone(), self.settings);
         let catalog = layout.catalog(&self.catalogs);
         // Catalogs created before WAL journal mode was the rule.
-        crate::accounts::layout::catalog_journal_mode(&catalog, self.catalogs.sqlite_wal())
-            .await
-            .map_err(|e| CompactorError::Lake(LakeError::RoundTrip(format!("catalog journal mode: {e}"))))?;
+        crate::accounts::layout::catalog_journal_mode(&catalog, self.catalogs.sqlite_wal()).await?;
         let wal = WalOptions { metrics_label: account.id.to_string(), ..self.wal.clone() };
         let opts = CompactorOptions {
             quarantine_dir: layout.root().join("quarantine"),

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use duckpond_compactor::{CatalogLocation, CatalogMetadata};
+use duckpond_compactor::{CatalogLocation, CatalogMetadata, LakeError};
 
 use crate::config::{CatalogBackend, Config, NotebookBackend};
 
@@ -164,7 +164,7 @@ pub fn dir_size_bytes(dir: &Path) -> std::io::Result<u64> {
 /// notebooks reading while the compactor commits failed with "database is
 /// locked", and a commit that met a reader could be left holding the lock.
 /// In WAL mode readers and the one writer never block each other.
-pub async fn catalog_journal_mode(location: &CatalogLocation, wal: bool) -> Result<(), sqlx::Error> {
+pub async fn catalog_journal_mode(location: &CatalogLocation, wal: bool) -> Result<(), LakeError> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
     use sqlx::{ConnectOptions, Connection};
     let CatalogMetadata::Sqlite(file) = &location.metadata else { return Ok(()) };
@@ -176,8 +176,9 @@ pub async fn catalog_journal_mode(location: &CatalogLocation, wal: bool) -> Resu
         .journal_mode(if wal { SqliteJournalMode::Wal } else { SqliteJournalMode::Delete })
         .busy_timeout(CATALOG_BUSY_TIMEOUT)
         .connect()
-        .await?;
-    conn.close().await
+        .await
+        .map_err(|e| LakeError::RoundTrip(format!("setting the journal mode of {}: {e}", file.display())))?;
+    conn.close().await.map_err(|e| LakeError::RoundTrip(format!("setting the journal mode of {}: {e}", file.display())))
 }
 
 /// How long switching a catalog's journal mode waits for other

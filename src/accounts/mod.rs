@@ -387,9 +387,7 @@ impl AccountService {
             .unwrap_or_else(|e| Err(AccountError::Corrupt(format!("catalog setup task failed: {e}"))))
         };
         let setup = match setup {
-            Ok(()) => layout::catalog_journal_mode(&catalog, self.catalogs.sqlite_wal())
-                .await
-                .map_err(|e| AccountError::Corrupt(format!("catalog journal mode: {e}"))),
+            Ok(()) => Ok(layout::catalog_journal_mode(&catalog, self.catalogs.sqlite_wal()).await?),
             Err(e) => Err(e),
         };
         let result = match setup {

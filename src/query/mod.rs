@@ -101,6 +101,9 @@ impl Engines {
         if let Some(e) = self.open.lock().await.get(&account.id) {
             return Ok(e.clone());
         }
+        // Once per account and process (not per time-travel engine).
+        let location = AccountLayout::new(&self.storage_root, &account.id).catalog(&self.catalogs);
+        crate::accounts::layout::catalog_journal_mode(&location, self.catalogs.sqlite_wal()).await?;
         let engine = self.open_engine(account, None).await?;
         // Two first requests may both open one; the first stored wins.
         Ok(self.open.lock().await.entry(account.id.clone()).or_insert(engine).clone())
@@ -117,9 +120,6 @@ impl Engines {
     async fn open_engine(&self, account: &Account, version: Option<i64>) -> Result<Arc<AccountEngine>, LakeError> {
         let layout = AccountLayout::new(&self.storage_root, &account.id);
         let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
-        crate::accounts::layout::catalog_journal_mode(&location, self.catalogs.sqlite_wal())
-            .await
-            .map_err(|e| LakeError::RoundTrip(format!("catalog journal mode: {e}")))?;
         let metadata_tables = location.metadata_tables(LAKE_ALIAS);
         let root = layout.root().to_path_buf();
         let mut attach = location.attach_sql(LAKE_ALIAS, true);

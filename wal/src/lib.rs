@@ -7,6 +7,8 @@
 //!   a [`RecoveryReport`]; [`Wal::append`] / [`Wal::append_batch`] resolve with
 //!   the [`Lsn`] after the fdatasync that covers the record (group commit:
 //!   one writer thread batches concurrent appends into one write + one sync);
+//!   [`Wal::enqueue`] queues an append and returns a [`PendingAppend`], so
+//!   one appender can keep many appends in flight;
 //!   [`Wal::read_from`] iterates durable records; [`Wal::truncate_before`]
 //!   deletes segments the compactor has committed.
 //! - [`WalOptions`]: segment size, record and backlog limits, [`Durability`].
@@ -54,7 +56,7 @@ mod writer;
 
 pub use error::{AppendError, OpenError, ReadError, TruncateError};
 pub use format::RecordKind;
-pub use log::{CorruptSegment, RecoveryReport, TruncateOutcome, Wal};
+pub use log::{CorruptSegment, PendingAppend, RecoveryReport, TruncateOutcome, Wal};
 pub use lsn::{Lsn, LsnRange};
 pub use options::{Durability, WalOptions};
 pub use reader::{Reader, Record};

@@ -17,6 +17,37 @@ use crate::telemetry as m;
 use crate::writer::{Request, Writer};
 use crate::{AppendError, Durability, Lsn, LsnRange, OpenError, ReadError, TruncateError, WalOptions};
 
+/// An append queued by [`Wal::enqueue`], waiting for its sync.
+#[must_use = "an append is acknowledged only when its PendingAppend resolves"]
+pub struct PendingAppend {
+    rx: tokio::sync::oneshot::Receiver<Result<LsnRange, AppendError>>,
+    start: Instant,
+    shared: Arc<Shared>,
+}
+
+impl PendingAppend {
+    /// Resolves with the records' LSNs once they are durable.
+    pub async fn durable(self) -> Result<LsnRange, AppendError> {
+        let res = self.rx.await.unwrap_or(Err(AppendError::Closed));
+        observe(self.start, &self.shared.opts.metrics_label, &res);
+        res
+    }
+
+    /// [`PendingAppend::durable`] for threads outside an async runtime.
+    pub fn durable_blocking(self) -> Result<LsnRange, AppendError> {
+        let res = self.rx.blocking_recv().unwrap_or(Err(AppendError::Closed));
+        observe(self.start, &self.shared.opts.metrics_label, &res);
+        res
+    }
+}
+
+fn observe(start: Instant, label: &str, res: &Result<LsnRange, AppendError>) {
+    if res.is_ok() {
+        metrics::histogram!(m::APPEND_DURATION_SECONDS, "log" => label.to_owned())
+            .record(start.elapsed().as_secs_f64());
+    }
+}
+
 /// Requests the writer queue holds at most; beyond it appends get backpressure.
 const WRITER_QUEUE_CAPACITY: usize = 16 * 1024;
 
@@ -244,27 +275,29 @@ impl Wal {
 
     /// Appends records with consecutive LSNs, all or nothing.
     pub async fn append_batch(&self, records: Vec<(RecordKind, Bytes)>) -> Result<LsnRange, AppendError> {
-        let start = Instant::now();
-        let rx = self.submit(records)?;
-        let res = rx.await.unwrap_or(Err(AppendError::Closed));
-        self.observe(start, &res);
-        res
+        self.enqueue(records)?.durable().await
     }
 
     /// [`Wal::append_batch`] for threads outside an async runtime.
     pub fn append_batch_blocking(&self, records: Vec<(RecordKind, Bytes)>) -> Result<LsnRange, AppendError> {
-        let start = Instant::now();
-        let rx = self.submit(records)?;
-        let res = rx.blocking_recv().unwrap_or(Err(AppendError::Closed));
-        self.observe(start, &res);
-        res
+        self.enqueue(records)?.durable_blocking()
     }
 
-    fn observe(&self, start: Instant, res: &Result<LsnRange, AppendError>) {
-        if res.is_ok() {
-            metrics::histogram!(m::APPEND_DURATION_SECONDS, "log" => self.shared.opts.metrics_label.clone())
-                .record(start.elapsed().as_secs_f64());
-        }
+    /// Queues records (consecutive LSNs, all or nothing) and returns at once;
+    /// the [`PendingAppend`] resolves after the sync that covers them.
+    ///
+    /// This lets one appender keep many appends in flight instead of paying
+    /// a whole write + fdatasync round trip per append: records queued by one
+    /// caller get increasing LSNs in the order they were queued. Each pending
+    /// append succeeds or fails on its own: when one fails (a failed write,
+    /// disk full), one queued after it may still succeed, so a caller that
+    /// needs a gap-free prefix must stop at the first failure and account
+    /// for the later appends that did succeed. Limits (backpressure, record
+    /// size) are checked here, so a refused append never enters the queue.
+    pub fn enqueue(&self, records: Vec<(RecordKind, Bytes)>) -> Result<PendingAppend, AppendError> {
+        let start = Instant::now();
+        let rx = self.submit(records)?;
+        Ok(PendingAppend { rx, start, shared: self.shared.clone() })
     }
 
     fn submit(

@@ -387,6 +387,23 @@ fn remote_read_returns_what_was_written() {
     let s = env.serve();
     let now = chrono::Utc::now().timestamp_millis();
     let t0 = now - 60_000;
+    // Awkward doubles (inexact decimals, extremes, subnormals, infinities)
+    // come back bit for bit. Known defect, not in the list: -0.0 comes back
+    // as +0.0 (not yet traced; DuckDB alone keeps it through Parquet).
+    let awkward = [
+        0.1,
+        1234567.89,
+        0.1 + 0.2,
+        -123.456,
+        1.0 / 3.0,
+        1e300,
+        f64::MIN_POSITIVE,
+        5e-324,
+        9007199254740993.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        42.0,
+    ];
     let req = prompb::WriteRequest {
         timeseries: vec![
             series(
@@ -396,6 +413,10 @@ fn remote_read_returns_what_was_written() {
             series(
                 &[("__name__", "duckpond_only_total"), ("env", "dev"), ("job", "b")],
                 &[(t0, 10.0), (t0 + 15_000, f64::from_bits(STALE_NAN))],
+            ),
+            series(
+                &[("__name__", "duckpond_awkward_values"), ("job", "c")],
+                &awkward.iter().enumerate().map(|(i, v)| (t0 + i as i64, *v)).collect::<Vec<_>>(),
             ),
         ],
         metadata: vec![],
@@ -417,6 +438,9 @@ fn remote_read_returns_what_was_written() {
     let names: Vec<&str> = prod[0].labels.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["__name__", "env", "job"]);
     assert_eq!(prod[0].samples.iter().map(|s| s.value).collect::<Vec<_>>(), [1.0, 2.0, 3.0]);
+    let odd = read(vec![matcher(Type::Eq, "__name__", "duckpond_awkward_values")]);
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&odd[0].samples.iter().map(|s| s.value).collect::<Vec<_>>()), bits(&awkward));
     let dev = read(vec![matcher(Type::Re, "env", "d.v"), matcher(Type::Neq, "job", "a")]);
     assert_eq!(dev.len(), 1);
     assert_eq!(dev[0].samples[1].value.to_bits(), STALE_NAN, "stale marker not bit-exact");

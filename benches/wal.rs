@@ -139,9 +139,9 @@ fn wal_batch(c: &mut Criterion) {
 /// Appenders that append one small record per call but keep up to
 /// `IN_FLIGHT_PER_APPENDER` appends queued ([`Wal::enqueue`]) and await their
 /// acknowledgements in order: records/s acknowledged with fsync. An appender
-/// that awaits each append before the next is bounded by appenders / (write
-/// + fdatasync round trip) whatever the log does; this is how a client with
-/// many records gets past that bound without batching them itself.
+/// that awaits each append before the next is bounded by appenders divided
+/// by the write and fdatasync round trip, whatever the log does; this is how
+/// a client with many records gets past that bound without batching them.
 fn wal_pipelined(c: &mut Criterion) {
     const IN_FLIGHT_PER_APPENDER: usize = 64;
     const RECORD_BYTES: usize = 100;

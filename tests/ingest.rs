@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{error_of, json_of, lake_query, python, Backend, Server, TestEnv};
 use reqwest::blocking::Body;
+use serde_json::json;
 
 const CSV: &str = "id,name,score\n1,ann,1.5\n2,bob,2.5\n3,cy,3.5\n";
 
@@ -198,6 +199,50 @@ duckdb.sql("COPY (SELECT 9::BIGINT AS id, 'ida' AS name) TO '{}' (FORMAT parquet
     // Staged files are gone once committed.
     assert!(files_in(&a.root.join("staged")).is_empty(), "{:?}", files_in(&a.root.join("staged")));
     assert!(files_in(&a.root.join("incoming")).is_empty());
+}
+
+/// Awkward CSV headers (a duplicate, a quote, a space, an empty name), a
+/// non-comma dialect, dates, timestamps and decimals come out of the lake
+/// the same as DuckDB's own reading of the file, and the staged file is
+/// gone after the commit.
+#[test]
+fn csv_uploads_land_as_read() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let csv = "id;id;it's;x y;;day;at;amount\n\
+               1;10;o'hara;a b;;2026-11-24;2026-11-24 10:00:00;1.25\n\
+               2;20;;c;z;2026-11-25;2026-11-24 10:00:01.5;-3.5\n";
+    let r = json_of(upload(&s, &a, "odd", "?wait=committed", "text/csv", csv), 200);
+    assert_eq!((r["rows"].as_u64(), r["committed"].as_bool()), (Some(2), Some(true)), "{r}");
+    assert!(r["parquet_bytes"].as_u64().unwrap() > 0, "{r}");
+    let q = |sql: &str| -> serde_json::Value {
+        let r = s.http.post(s.url("/api/query")).header("X-API-Key", &a.key).json(&json!({"sql": sql})).send().unwrap();
+        json_of(r, 200)
+    };
+    let v = q("SELECT * FROM odd ORDER BY 1");
+    let cols: Vec<(String, String)> = v["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_string(), c["type"].as_str().unwrap().to_string()))
+        .collect();
+    // What DuckDB itself makes of the same bytes.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("odd.csv");
+    std::fs::write(&file, csv).unwrap();
+    let expected = python(&format!(
+        "import duckdb, json\n\
+         r = duckdb.sql(\"SELECT * FROM read_csv('{}') ORDER BY 1\")\n\
+         print(json.dumps([[c, str(t)] for c, t in zip(r.columns, r.types)]))",
+        file.display()
+    ));
+    let expected: Vec<(String, String)> = serde_json::from_str(expected.trim()).unwrap();
+    assert_eq!(cols, expected);
+    assert_eq!(v["rows"][0][2], json!("o'hara"));
+    assert_eq!(v["rows"][1][7].as_f64(), Some(-3.5));
+    let staged: Vec<_> = std::fs::read_dir(a.root.join("staged")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(staged.is_empty(), "staged files left after the commit: {staged:?}");
 }
 
 #[test]

@@ -190,30 +190,76 @@ pub struct Converted {
 pub fn convert(src: &Path, dst: &Path, format: Format, settings: &InstanceSettings) -> Result<Converted, ApiError> {
     let conn = conversion_instance(src, dst, settings)?;
     let lit = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "''"));
-    let reader = match format {
-        Format::Csv => csv_reader(&conn, src)?,
-        Format::Json => format!("read_json({}, format = 'auto')", lit(src)),
-        Format::Ndjson => format!("read_json({}, format = 'newline_delimited')", lit(src)),
-        Format::Parquet => format!("read_parquet({})", lit(src)),
+    let copy = |reader: &str| -> Result<u64, ApiError> {
+        let sql = format!("COPY (SELECT * FROM {reader}) TO {} (FORMAT parquet)", lit(dst));
+        conn.execute(&sql, []).map(|n| n as u64).map_err(|e| {
+            let msg = e.to_string().replace(&src.display().to_string(), "<upload>");
+            ApiError::BadRequest(format!("the {} upload could not be read: {msg}", format.extension()))
+        })
     };
-    let sql = format!("COPY (SELECT * FROM {reader}) TO {} (FORMAT parquet)", lit(dst));
-    let rows = conn.execute(&sql, []).map_err(|e| {
-        let msg = e.to_string().replace(&src.display().to_string(), "<upload>");
-        ApiError::BadRequest(format!("the {} upload could not be read: {msg}", format.extension()))
-    })? as u64;
+    let rows = match format {
+        Format::Csv => {
+            // Read with DuckDB's own sniffing first; only when the result
+            // could be the sniffer explaining a malformed file away (see
+            // `csv_reader`) ask the sniffer what it did and read it again
+            // strictly. That costs a second sniff only for suspect files.
+            let sniffed = format!("read_csv({}, strict_mode = true)", lit(src));
+            let first = copy(&sniffed);
+            let looks_right = matches!(&first, Ok(_)) && !csv_looks_explained_away(src, dst);
+            if looks_right {
+                first?
+            } else {
+                match csv_reader(&conn, src)? {
+                    reader if reader == sniffed => first?,
+                    strict => {
+                        let _ = std::fs::remove_file(dst);
+                        copy(&strict)?
+                    }
+                }
+            }
+        }
+        Format::Json => copy(&format!("read_json({}, format = 'auto')", lit(src)))?,
+        Format::Ndjson => copy(&format!("read_json({}, format = 'newline_delimited')", lit(src)))?,
+        Format::Parquet => copy(&format!("read_parquet({})", lit(src)))?,
+    };
     let file = std::fs::File::open(dst).map_err(|e| ApiError::Internal(e.into()))?;
     file.sync_all().map_err(|e| storage_error(e, dst))?;
     if let Some(dir) = dst.parent() {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| storage_error(e, dst))?;
     }
     let parquet_bytes = file.metadata().map_err(|e| ApiError::Internal(e.into()))?.len();
-    let schema = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .map(|b| b.schema().clone())
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading back {}: {e}", dst.display())))?;
+    let schema =
+        parquet_schema(file).map_err(|e| ApiError::Internal(anyhow::anyhow!("reading back {}: {e}", dst.display())))?;
     if schema.fields().is_empty() {
         return Err(ApiError::BadRequest("the upload has no columns".into()));
     }
     Ok(Converted { rows, parquet_bytes, schema })
+}
+
+fn parquet_schema(file: std::fs::File) -> Result<SchemaRef, parquet::errors::ParquetError> {
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).map(|b| b.schema().clone())
+}
+
+/// Whether a CSV converted with DuckDB's sniffing to `dst` shows a sign of
+/// the sniffer having explained the file away: one column, or a column name
+/// that the file's first line does not contain (the header came from a
+/// later line). Renamed columns (duplicates, empty names) also trip it,
+/// which costs only the sniffer's confirmation.
+fn csv_looks_explained_away(src: &Path, dst: &Path) -> bool {
+    let Ok(schema) =
+        std::fs::File::open(dst).map_err(|e| e.to_string()).and_then(|f| parquet_schema(f).map_err(|e| e.to_string()))
+    else {
+        return true;
+    };
+    let first_line = first_line(src);
+    schema.fields().len() == 1 || schema.fields().iter().any(|f| !first_line.contains(f.name().as_str()))
+}
+
+/// The file's first line (within its first `CSV_HEADER_PROBE_BYTES`).
+fn first_line(src: &Path) -> String {
+    let mut head = vec![0u8; CSV_HEADER_PROBE_BYTES];
+    let n = std::fs::File::open(src).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+    String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or("").to_string()
 }
 
 /// `read_csv` with the sniffed dialect, unless the sniffer explained the
@@ -230,9 +276,7 @@ fn csv_reader(conn: &duckdb::Connection, src: &Path) -> Result<String, ApiError>
     let (columns, skipped): (i64, i64) = conn
         .query_row(&format!("SELECT len(Columns), SkipRows FROM sniff_csv({path})"), [], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(bad)?;
-    let mut head = vec![0u8; CSV_HEADER_PROBE_BYTES];
-    let n = std::fs::File::open(src).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
-    let first_line = String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or("").to_string();
+    let first_line = first_line(src);
     let delim = [',', ';', '\t', '|']
         .into_iter()
         .map(|d| (first_line.matches(d).count(), d))

@@ -205,7 +205,7 @@ pub fn convert(src: &Path, dst: &Path, format: Format, settings: &InstanceSettin
             // strictly. That costs a second sniff only for suspect files.
             let sniffed = format!("read_csv({}, strict_mode = true)", lit(src));
             let first = copy(&sniffed);
-            let looks_right = matches!(&first, Ok(_)) && !csv_looks_explained_away(src, dst);
+            let looks_right = first.is_ok() && !csv_looks_explained_away(src, dst);
             if looks_right {
                 first?
             } else {

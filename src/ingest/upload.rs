@@ -242,9 +242,10 @@ fn parquet_schema(file: std::fs::File) -> Result<SchemaRef, parquet::errors::Par
 
 /// Whether a CSV converted with DuckDB's sniffing to `dst` shows a sign of
 /// the sniffer having explained the file away: one column, or a column name
-/// that the file's first line does not contain (the header came from a
-/// later line). Renamed columns (duplicates, empty names) also trip it,
-/// which costs only the sniffer's confirmation.
+/// that is not a field of the file's first line (split at any of the
+/// delimiters `csv_reader` knows: the header came from a later line).
+/// Renamed columns (duplicates, empty names, no header, quoted delimiters)
+/// also trip it, which costs only the sniffer's confirmation.
 fn csv_looks_explained_away(src: &Path, dst: &Path) -> bool {
     let Ok(schema) =
         std::fs::File::open(dst).map_err(|e| e.to_string()).and_then(|f| parquet_schema(f).map_err(|e| e.to_string()))
@@ -252,8 +253,13 @@ fn csv_looks_explained_away(src: &Path, dst: &Path) -> bool {
         return true;
     };
     let first_line = first_line(src);
-    schema.fields().len() == 1 || schema.fields().iter().any(|f| !first_line.contains(f.name().as_str()))
+    let fields: std::collections::HashSet<&str> =
+        CSV_DELIMITERS.iter().flat_map(|d| first_line.split(*d)).map(|f| f.trim().trim_matches('"')).collect();
+    schema.fields().len() == 1 || schema.fields().iter().any(|f| !fields.contains(f.name().as_str()))
 }
+
+/// The delimiters a header line is checked for.
+const CSV_DELIMITERS: [char; 4] = [',', ';', '\t', '|'];
 
 /// The file's first line (within its first `CSV_HEADER_PROBE_BYTES`).
 fn first_line(src: &Path) -> String {
@@ -277,7 +283,7 @@ fn csv_reader(conn: &duckdb::Connection, src: &Path) -> Result<String, ApiError>
         .query_row(&format!("SELECT len(Columns), SkipRows FROM sniff_csv({path})"), [], |r| Ok((r.get(0)?, r.get(1)?)))
         .map_err(bad)?;
     let first_line = first_line(src);
-    let delim = [',', ';', '\t', '|']
+    let delim = CSV_DELIMITERS
         .into_iter()
         .map(|d| (first_line.matches(d).count(), d))
         .max()

@@ -69,32 +69,26 @@ def wal_figures(est):
     """The WAL's two targets of issue #3 as summary figures."""
     out = []
     big, small = est.get("raw_disk/16777216"), est.get("raw_disk/100")
-    r = est.get("wal/1048576/64")
-    if r and big:
-        out.append({"bench": "wal", "id": "wal_1MiB_64", "what": "WAL appends of 1 MiB records, 64 appenders, fsync mode",
-                    "value": mb_s(r), "unit": "MB/s", "higher_is_better": True,
-                    "reference": "pwrite + fdatasync of 16 MiB chunks on the same disk", "reference_value": mb_s(big),
-                    "claim": None})
-    r = est.get("wal_batch/100B_x100/64")
-    if r and small:
-        out.append({"bench": "wal", "id": "wal_100B_batched_64",
-                    "what": "WAL records of 100 B acknowledged, 64 appenders x 100 records per append, fsync mode",
-                    "value": (r["elements"] or 1) * 1e9 / r["ns"], "unit": "records/s", "higher_is_better": True,
-                    "reference": "pwrite + fdatasync per 100 B record (a log without group commit)",
-                    "reference_value": 1e9 / small["ns"], "claim": None})
-    r = est.get("wal_pipelined/100B_window64/64")
-    if r and small:
-        out.append({"bench": "wal", "id": "wal_100B_pipelined_64",
-                    "what": "WAL records of 100 B acknowledged, 64 appenders, one record per append, up to 64 appends in flight each, fsync mode",
-                    "value": (r["elements"] or 1) * 1e9 / r["ns"], "unit": "records/s", "higher_is_better": True,
-                    "reference": "pwrite + fdatasync per 100 B record (a log without group commit)",
-                    "reference_value": 1e9 / small["ns"], "claim": None})
-    r = est.get("wal/100/64")
-    if r and small:
-        out.append({"bench": "wal", "id": "wal_100B_64", "what": "WAL appends of 100 B, 64 appenders, one record per append",
-                    "value": 1e9 / r["ns"], "unit": "records/s", "higher_is_better": True,
-                    "reference": "pwrite + fdatasync per 100 B record (a log without group commit)",
-                    "reference_value": 1e9 / small["ns"], "claim": None})
+    per_record = "pwrite + fdatasync per 100 B record (a log without group commit)"
+
+    def add(key, ref, fid, what, unit, value_of, reference, reference_value):
+        r = est.get(key)
+        if r and ref:
+            out.append({"bench": "wal", "id": fid, "what": what, "value": value_of(r), "unit": unit,
+                        "higher_is_better": True, "reference": reference, "reference_value": reference_value,
+                        "claim": None})
+
+    records_s = lambda r: (r["elements"] or 1) * 1e9 / r["ns"]
+    add("wal/1048576/64", big, "wal_1MiB_64", "WAL appends of 1 MiB records, 64 appenders, fsync mode", "MB/s", mb_s,
+        "pwrite + fdatasync of 16 MiB chunks on the same disk", big and mb_s(big))
+    add("wal_batch/100B_x100/64", small, "wal_100B_batched_64",
+        "WAL records of 100 B acknowledged, 64 appenders x 100 records per append, fsync mode", "records/s",
+        records_s, per_record, small and 1e9 / small["ns"])
+    add("wal_pipelined/100B_window64/64", small, "wal_100B_pipelined_64",
+        "WAL records of 100 B acknowledged, 64 appenders, one record per append, up to 64 appends in flight each, "
+        "fsync mode", "records/s", records_s, per_record, small and 1e9 / small["ns"])
+    add("wal/100/64", small, "wal_100B_64", "WAL appends of 100 B, 64 appenders, one record per append", "records/s",
+        lambda r: 1e9 / r["ns"], per_record, small and 1e9 / small["ns"])
     return out
 
 

@@ -46,47 +46,35 @@ fn main() {
     write_csv(&csv, CSV_ROWS);
     let csv_mb = std::fs::metadata(&csv).unwrap().len() as f64 / 1e6;
     let reference = (0..3).map(|_| duckdb_copy(&csv, &tmp.path().join("ref.parquet"))).min().unwrap();
-    let mut ours = Vec::new();
     // The body is sent from memory, as the reference reads its input from
     // the page cache: reqwest's blocking client streams a `File` body in
     // small chunks through its runtime, which alone cost about 0.3 s of the
     // 0.9 s an upload took here (the server's own `upload durable` log line
     // said 0.55-0.6 s).
     let body = bytes::Bytes::from(std::fs::read(&csv).unwrap());
-    let profile = Profile::start(server.id(), "csv_upload");
-    for i in 0..3 {
-        // Like the reference, each upload runs alone: the compactor has
-        // committed the previous one before the clock starts.
+    // Like the reference, each upload runs alone: the compactor has
+    // committed the previous one before the clock starts.
+    let upload = |table: String, query: &str, expect: fn(reqwest::StatusCode) -> bool| {
         wait_drained(&http, &url, &key);
         let t = Instant::now();
         let r = http
-            .post(format!("{url}/api/datasets/csv_{i}/upload"))
+            .post(format!("{url}/api/datasets/{table}/upload{query}"))
             .header("X-API-Key", &key)
             .header("Content-Type", "text/csv")
             .body(body.clone())
             .send()
             .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().unwrap());
-        ours.push(t.elapsed());
-    }
+        assert!(expect(r.status()), "{}: {}", r.status(), r.text().unwrap());
+        t.elapsed()
+    };
+    let profile = Profile::start(server.id(), "csv_upload");
+    let ours: Vec<_> = (0..3).map(|i| upload(format!("csv_{i}"), "", |s| s.is_success())).collect();
     drop(profile);
     // The same uploads with `?wait=committed`: answered once the compactor
     // has written the rows into the lake (Parquet) and committed the
     // snapshot, so the whole CSV -> lake path against the reference.
-    let mut committed = Vec::new();
-    for i in 0..3 {
-        wait_drained(&http, &url, &key);
-        let t = Instant::now();
-        let r = http
-            .post(format!("{url}/api/datasets/csv_committed_{i}/upload?wait=committed"))
-            .header("X-API-Key", &key)
-            .header("Content-Type", "text/csv")
-            .body(body.clone())
-            .send()
-            .unwrap();
-        assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-        committed.push(t.elapsed());
-    }
+    let committed: Vec<_> =
+        (0..3).map(|i| upload(format!("csv_committed_{i}"), "?wait=committed", |s| s == 200)).collect();
     let best = ours.iter().min().unwrap().as_secs_f64();
     let best_committed = committed.iter().min().unwrap().as_secs_f64();
     let reference_mb_s = csv_mb / reference.as_secs_f64();

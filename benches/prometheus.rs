@@ -48,13 +48,14 @@ enum Values {
 }
 
 fn counter(values: Values, series: u64, n: u64) -> f64 {
-    let offset = series as f64 * 1e6;
     match values {
         Values::ExactDecimals => {
             let cents: u64 = (0..=n).map(|i| step_cents(series, i)).sum();
             (series * 100_000_000 + cents) as f64 / 100.0
         }
-        Values::FloatAccumulated => (0..=n).map(|i| step_cents(series, i) as f64 / 100.0).sum::<f64>() + offset,
+        Values::FloatAccumulated => {
+            (0..=n).map(|i| step_cents(series, i) as f64 / 100.0).sum::<f64>() + series as f64 * 1e6
+        }
     }
 }
 

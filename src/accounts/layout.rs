@@ -171,14 +171,18 @@ pub async fn catalog_journal_mode(location: &CatalogLocation, wal: bool) -> Resu
     if !file.exists() {
         return Ok(());
     }
+    let failed = |e: sqlx::Error| LakeError::Io {
+        context: format!("setting the journal mode of {}", file.display()),
+        error: std::io::Error::other(e),
+    };
     let conn = SqliteConnectOptions::new()
         .filename(file)
         .journal_mode(if wal { SqliteJournalMode::Wal } else { SqliteJournalMode::Delete })
         .busy_timeout(CATALOG_BUSY_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| LakeError::RoundTrip(format!("setting the journal mode of {}: {e}", file.display())))?;
-    conn.close().await.map_err(|e| LakeError::RoundTrip(format!("setting the journal mode of {}: {e}", file.display())))
+        .map_err(failed)?;
+    conn.close().await.map_err(failed)
 }
 
 /// How long switching a catalog's journal mode waits for other

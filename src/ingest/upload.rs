@@ -197,61 +197,54 @@ pub fn convert(src: &Path, dst: &Path, format: Format, settings: &InstanceSettin
             ApiError::BadRequest(format!("the {} upload could not be read: {msg}", format.extension()))
         })
     };
-    let rows = match format {
+    let read_schema = || -> Result<SchemaRef, ApiError> {
+        std::fs::File::open(dst)
+            .map_err(parquet::errors::ParquetError::from)
+            .and_then(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new)
+            .map(|b| b.schema().clone())
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading back {}: {e}", dst.display())))
+    };
+    let (rows, schema) = match format {
         Format::Csv => {
             // Read with DuckDB's own sniffing first; only when the result
             // could be the sniffer explaining a malformed file away (see
             // `csv_reader`) ask the sniffer what it did and read it again
             // strictly. That costs a second sniff only for suspect files.
             let sniffed = format!("read_csv({}, strict_mode = true)", lit(src));
-            let first = copy(&sniffed);
-            let looks_right = first.is_ok() && !csv_looks_explained_away(src, dst);
-            if looks_right {
-                first?
-            } else {
-                match csv_reader(&conn, src)? {
+            match copy(&sniffed).and_then(|rows| Ok((rows, read_schema()?))) {
+                Ok((rows, schema)) if !csv_looks_explained_away(src, &schema) => (rows, schema),
+                first => match csv_reader(&conn, src)? {
                     reader if reader == sniffed => first?,
                     strict => {
                         let _ = std::fs::remove_file(dst);
-                        copy(&strict)?
+                        (copy(&strict)?, read_schema()?)
                     }
-                }
+                },
             }
         }
-        Format::Json => copy(&format!("read_json({}, format = 'auto')", lit(src)))?,
-        Format::Ndjson => copy(&format!("read_json({}, format = 'newline_delimited')", lit(src)))?,
-        Format::Parquet => copy(&format!("read_parquet({})", lit(src)))?,
+        Format::Json => (copy(&format!("read_json({}, format = 'auto')", lit(src)))?, read_schema()?),
+        Format::Ndjson => (copy(&format!("read_json({}, format = 'newline_delimited')", lit(src)))?, read_schema()?),
+        Format::Parquet => (copy(&format!("read_parquet({})", lit(src)))?, read_schema()?),
     };
+    if schema.fields().is_empty() {
+        return Err(ApiError::BadRequest("the upload has no columns".into()));
+    }
     let file = std::fs::File::open(dst).map_err(|e| ApiError::Internal(e.into()))?;
     file.sync_all().map_err(|e| storage_error(e, dst))?;
     if let Some(dir) = dst.parent() {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| storage_error(e, dst))?;
     }
     let parquet_bytes = file.metadata().map_err(|e| ApiError::Internal(e.into()))?.len();
-    let schema =
-        parquet_schema(file).map_err(|e| ApiError::Internal(anyhow::anyhow!("reading back {}: {e}", dst.display())))?;
-    if schema.fields().is_empty() {
-        return Err(ApiError::BadRequest("the upload has no columns".into()));
-    }
     Ok(Converted { rows, parquet_bytes, schema })
 }
 
-fn parquet_schema(file: std::fs::File) -> Result<SchemaRef, parquet::errors::ParquetError> {
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).map(|b| b.schema().clone())
-}
-
-/// Whether a CSV converted with DuckDB's sniffing to `dst` shows a sign of
-/// the sniffer having explained the file away: one column, or a column name
-/// that is not a field of the file's first line (split at any of the
-/// delimiters `csv_reader` knows: the header came from a later line).
+/// Whether a CSV converted with DuckDB's sniffing (into `schema`) shows a
+/// sign of the sniffer having explained the file away: one column, or a
+/// column name that is not a field of the file's first line (split at any of
+/// the delimiters `csv_reader` knows: the header came from a later line).
 /// Renamed columns (duplicates, empty names, no header, quoted delimiters)
 /// also trip it, which costs only the sniffer's confirmation.
-fn csv_looks_explained_away(src: &Path, dst: &Path) -> bool {
-    let Ok(schema) =
-        std::fs::File::open(dst).map_err(|e| e.to_string()).and_then(|f| parquet_schema(f).map_err(|e| e.to_string()))
-    else {
-        return true;
-    };
+fn csv_looks_explained_away(src: &Path, schema: &SchemaRef) -> bool {
     let first_line = first_line(src);
     let fields: std::collections::HashSet<&str> =
         CSV_DELIMITERS.iter().flat_map(|d| first_line.split(*d)).map(|f| f.trim().trim_matches('"')).collect();

@@ -245,6 +245,72 @@ fn csv_uploads_land_as_read() {
     assert!(staged.is_empty(), "staged files left after the commit: {staged:?}");
 }
 
+/// A CSV larger than the head its dialect is sniffed from (4 MiB, cut at a
+/// line end while the rest is still arriving): `;`, CRLF, quoted fields
+/// holding the delimiter, doubled quotes and line ends, sent as a plain
+/// body and as multipart. The lake holds what DuckDB's own `read_csv` makes
+/// of the whole file: the same columns, types and values.
+#[test]
+fn large_csv_uploads_are_read_in_the_dialect_of_their_head() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let mut csv = String::from("id;label;at;amount\r\n");
+    let mut i = 0;
+    while csv.len() < 7 * 1024 * 1024 {
+        let label = if i % 1000 == 0 { format!("\"two\r\nlines; {i}\"") } else { format!("\"item; \"\"{i}\"\"\"") };
+        csv.push_str(&format!("{i};{label};2026-11-24 10:{:02}:00;{i}.25\r\n", i % 60));
+        i += 1;
+    }
+    let rows = i;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("big.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let expected = python(&format!(
+        "import duckdb, json\n\
+         r = duckdb.sql(\"SELECT * FROM read_csv('{}')\")\n\
+         s = duckdb.sql(\"SELECT count(*), sum(amount), max(label), count(*) FILTER (label LIKE '%' || chr(10) || '%') FROM read_csv('{}')\").fetchone()\n\
+         print(json.dumps([[[c, str(t)] for c, t in zip(r.columns, r.types)], list(s)]))",
+        file.display(),
+        file.display()
+    ));
+    let expected: serde_json::Value = serde_json::from_str(expected.trim()).unwrap();
+    assert_eq!(expected[1][0], json!(rows), "DuckDB's own reading: {expected}");
+
+    let r = json_of(upload(&s, &a, "big", "?wait=committed", "text/csv", csv.clone()), 200);
+    assert_eq!(r["rows"].as_u64(), Some(rows), "{r}");
+    let form = reqwest::blocking::multipart::Form::new()
+        .part("file", reqwest::blocking::multipart::Part::bytes(csv.into_bytes()).file_name("big.csv"));
+    let r = s
+        .http
+        .post(s.url("/api/datasets/big_mp/upload?wait=committed"))
+        .header("X-API-Key", &a.key)
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(json_of(r, 200)["rows"].as_u64(), Some(rows));
+    for table in ["big", "big_mp"] {
+        let q = |sql: &str| -> serde_json::Value {
+            let r =
+                s.http.post(s.url("/api/query")).header("X-API-Key", &a.key).json(&json!({"sql": sql})).send().unwrap();
+            json_of(r, 200)
+        };
+        let v = q(&format!("SELECT * FROM {table} LIMIT 1"));
+        let cols: Vec<serde_json::Value> =
+            v["columns"].as_array().unwrap().iter().map(|c| json!([c["name"], c["type"]])).collect();
+        assert_eq!(json!(cols), expected[0], "{table}");
+        let v = q(&format!(
+            "SELECT count(*), sum(amount), max(label), count(*) FILTER (label LIKE '%' || chr(10) || '%') FROM {table}"
+        ));
+        assert_eq!(v["rows"][0], expected[1], "{table}");
+    }
+    assert!(
+        files_in(&a.root.join("incoming")).iter().all(|f| f.starts_with('.')),
+        "{:?}",
+        files_in(&a.root.join("incoming"))
+    );
+}
+
 #[test]
 fn upload_without_wait_is_accepted_then_visible() {
     let env = TestEnv::migrated(Backend::Sqlite);

@@ -4,6 +4,8 @@
 //!   storage quota, the ingest rate and an idle timeout applied per chunk.
 //! - [`upload`]: CSV/JSON/NDJSON/Parquet files spooled to disk, converted to
 //!   Parquet by DuckDB, and logged as a staged-file record.
+//! - [`csv_dialect`]: how a CSV upload is read (its dialect sniffed from
+//!   the head of the body while the rest arrives).
 //! - [`arrow_stream`]: an Arrow IPC stream decoded incrementally and logged
 //!   in records of bounded size.
 //! - [`prometheus`]: remote write 1.0/2.0 decoded, validated, de-duplicated
@@ -15,6 +17,7 @@
 
 pub mod arrow_stream;
 pub mod body;
+pub mod csv_dialect;
 pub mod prometheus;
 pub mod rate;
 pub mod upload;

@@ -15,10 +15,10 @@ use duckpond_compactor::InstanceSettings;
 use duckpond_schema::{DatasetCommand, LogRecord, StagedFile, StagedFileName, TableName};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
 use super::body::IngestBody;
+use super::csv_dialect::{self, Dialect};
 use super::Mode;
 use crate::server::error::ApiError;
 
@@ -133,12 +133,13 @@ pub fn new_file_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Writes the body to `incoming/<id>.<ext>`. Not fsynced, on purpose:
-/// nothing is acknowledged from this file. Durability starts with the
-/// Parquet file converted from it, which is fsynced before the log record
-/// that names it; a crash before that loses only an unacknowledged upload,
-/// whose leftovers the next pipeline open deletes.
-pub async fn spool<S, E>(body: &mut IngestBody<S>, path: &Path) -> Result<(), ApiError>
+/// Writes the body to `incoming/<id>.<ext>`, handing each chunk to the
+/// conversion's `preparation` as well. Not fsynced, on purpose: nothing is
+/// acknowledged from this file. Durability starts with the Parquet file
+/// converted from it, which is fsynced before the log record that names it;
+/// a crash before that loses only an unacknowledged upload, whose leftovers
+/// the next pipeline open deletes.
+pub async fn spool<S, E>(body: &mut IngestBody<S>, path: &Path, preparation: &mut Preparation) -> Result<(), ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -147,14 +148,115 @@ where
     if let Some(dir) = path.parent() {
         tokio::fs::create_dir_all(dir).await.map_err(io)?;
     }
-    let file = tokio::fs::File::create(path).await.map_err(io)?;
-    // Body chunks are small; each tokio file write is a blocking-pool hop.
-    let mut file = tokio::io::BufWriter::with_capacity(SPOOL_BUFFER_BYTES, file);
-    while let Some(chunk) = body.next_chunk().await? {
-        file.write_all(&chunk).await.map_err(|e| storage_error(e, path))?;
+    let file = tokio::fs::File::create(path).await.map_err(io)?.into_std().await;
+    // Chunks are gathered into batches of SPOOL_BATCH_BYTES, each written
+    // with vectored writes on the blocking pool (no copy into a buffer)
+    // while the next batch arrives. The file travels with its write.
+    let mut writing = tokio::task::spawn_blocking(move || Ok(file));
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_bytes = 0;
+    loop {
+        let chunk = body.next_chunk().await?;
+        let last = chunk.is_none();
+        if let Some(chunk) = chunk {
+            preparation.feed(&chunk);
+            batch_bytes += chunk.len();
+            batch.push(chunk);
+        }
+        if batch_bytes >= SPOOL_BATCH_BYTES || last {
+            let file = writing.await.map_err(|e| ApiError::Internal(e.into()))?.map_err(|e| storage_error(e, path))?;
+            let chunks = std::mem::take(&mut batch);
+            batch_bytes = 0;
+            writing = tokio::task::spawn_blocking(move || write_chunks(file, chunks));
+        }
+        if last {
+            writing.await.map_err(|e| ApiError::Internal(e.into()))?.map_err(|e| storage_error(e, path))?;
+            return Ok(());
+        }
     }
-    file.flush().await.map_err(|e| storage_error(e, path))?;
-    Ok(())
+}
+
+/// Writes `chunks` to the end of `file` and hands the file back.
+fn write_chunks(mut file: std::fs::File, chunks: Vec<Bytes>) -> std::io::Result<std::fs::File> {
+    use std::io::{IoSlice, Write};
+    let mut slices: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(file)
+}
+
+/// The DuckDB work a conversion needs before its input is complete, done
+/// while the body is still arriving: opening the conversion instance and,
+/// for CSV, sniffing the dialect from the body's head (see
+/// [`csv_dialect`]). Both run on the blocking pool once there is something
+/// to do (a CSV's head is complete), so no thread waits on a slow client.
+/// Dropped early (a refused body), a running preparation finishes on its
+/// own and deletes the head file it wrote.
+pub struct Preparation {
+    src: PathBuf,
+    dst: PathBuf,
+    settings: InstanceSettings,
+    head: Vec<u8>,
+    task: Option<tokio::task::JoinHandle<Result<Prepared, ApiError>>>,
+}
+
+/// A conversion instance, and the dialect of a CSV.
+pub struct Prepared {
+    conn: duckdb::Connection,
+    dialect: Option<Dialect>,
+}
+
+impl Preparation {
+    /// Starts preparing the conversion of `src` (the spooled body, not yet
+    /// written) to `dst`.
+    pub fn start(format: Format, src: &Path, dst: &Path, settings: InstanceSettings) -> Self {
+        let mut preparation =
+            Self { src: src.to_path_buf(), dst: dst.to_path_buf(), settings, head: Vec::new(), task: None };
+        if format != Format::Csv {
+            preparation.launch(None);
+        }
+        preparation
+    }
+
+    /// Takes the next body chunk (its head, for a CSV).
+    fn feed(&mut self, chunk: &[u8]) {
+        if self.task.is_some() {
+            return;
+        }
+        let room = csv_dialect::SNIFF_HEAD_BYTES - self.head.len();
+        self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if self.head.len() == csv_dialect::SNIFF_HEAD_BYTES {
+            let head = csv_dialect::head_of(std::mem::take(&mut self.head), false);
+            self.launch(Some(head));
+        }
+    }
+
+    fn launch(&mut self, head: Option<Vec<u8>>) {
+        let (src, dst, settings) = (self.src.clone(), self.dst.clone(), self.settings);
+        self.task = Some(tokio::task::spawn_blocking(move || {
+            let conn = conversion_instance(&src, &dst, &settings)?;
+            let head_path = src.with_extension("head.csv");
+            let dialect = head.and_then(|head| csv_dialect::sniff(&conn, &head_path, &head).ok());
+            Ok(Prepared { conn, dialect })
+        }));
+    }
+
+    /// Once the whole body is spooled: the prepared instance.
+    pub async fn ready(mut self) -> Result<Prepared, ApiError> {
+        if self.task.is_none() {
+            // A CSV body shorter than its head: sniffed whole.
+            let head = csv_dialect::head_of(std::mem::take(&mut self.head), true);
+            self.launch(Some(head));
+        }
+        self.task.take().expect("launched above").await.map_err(|e| ApiError::Internal(e.into()))?
+    }
 }
 
 /// Where an upload with this id and format is spooled.
@@ -162,8 +264,8 @@ pub fn spool_path(incoming: &Path, id: &str, format: Format) -> PathBuf {
     incoming.join(format!("{id}.{}", format.extension()))
 }
 
-/// Write buffer of an upload being spooled.
-const SPOOL_BUFFER_BYTES: usize = 1024 * 1024;
+/// How many body bytes an upload's spool gathers per write.
+const SPOOL_BATCH_BYTES: usize = 1024 * 1024;
 
 fn storage_error(e: std::io::Error, path: &Path) -> ApiError {
     if e.raw_os_error() == Some(28) {
@@ -187,8 +289,8 @@ pub struct Converted {
 /// Converts `src` to Parquet at `dst` with DuckDB, fsyncs it and its
 /// directory. Blocking. DuckDB's reader errors (with the line or position
 /// it reports) become 400, with the server's paths taken out.
-pub fn convert(src: &Path, dst: &Path, format: Format, settings: &InstanceSettings) -> Result<Converted, ApiError> {
-    let conn = conversion_instance(src, dst, settings)?;
+pub fn convert(prepared: Prepared, src: &Path, dst: &Path, format: Format) -> Result<Converted, ApiError> {
+    let Prepared { conn, dialect } = prepared;
     let lit = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "''"));
     let copy = |reader: &str| -> Result<u64, ApiError> {
         let sql = format!("COPY (SELECT * FROM {reader}) TO {} (FORMAT parquet)", lit(dst));
@@ -205,23 +307,7 @@ pub fn convert(src: &Path, dst: &Path, format: Format, settings: &InstanceSettin
             .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading back {}: {e}", dst.display())))
     };
     let (rows, schema) = match format {
-        Format::Csv => {
-            // Read with DuckDB's own sniffing first; only when the result
-            // could be the sniffer explaining a malformed file away (see
-            // `csv_reader`) ask the sniffer what it did and read it again
-            // strictly. That costs a second sniff only for suspect files.
-            let sniffed = format!("read_csv({}, strict_mode = true)", lit(src));
-            match copy(&sniffed).and_then(|rows| Ok((rows, read_schema()?))) {
-                Ok((rows, schema)) if !csv_looks_explained_away(src, &schema) => (rows, schema),
-                first => match csv_reader(&conn, src)? {
-                    reader if reader == sniffed => first?,
-                    strict => {
-                        let _ = std::fs::remove_file(dst);
-                        (copy(&strict)?, read_schema()?)
-                    }
-                },
-            }
-        }
+        Format::Csv => (copy(&csv_dialect::reader(src, dialect.as_ref()))?, read_schema()?),
         Format::Json => (copy(&format!("read_json({}, format = 'auto')", lit(src)))?, read_schema()?),
         Format::Ndjson => (copy(&format!("read_json({}, format = 'newline_delimited')", lit(src)))?, read_schema()?),
         Format::Parquet => (copy(&format!("read_parquet({})", lit(src)))?, read_schema()?),
@@ -237,62 +323,6 @@ pub fn convert(src: &Path, dst: &Path, format: Format, settings: &InstanceSettin
     let parquet_bytes = file.metadata().map_err(|e| ApiError::Internal(e.into()))?.len();
     Ok(Converted { rows, parquet_bytes, schema })
 }
-
-/// Whether a CSV converted with DuckDB's sniffing (into `schema`) shows a
-/// sign of the sniffer having explained the file away: one column, or a
-/// column name that is not a field of the file's first line (split at any of
-/// the delimiters `csv_reader` knows: the header came from a later line).
-/// Renamed columns (duplicates, empty names, no header, quoted delimiters)
-/// also trip it, which costs only the sniffer's confirmation.
-fn csv_looks_explained_away(src: &Path, schema: &SchemaRef) -> bool {
-    let first_line = first_line(src);
-    let fields: std::collections::HashSet<&str> =
-        CSV_DELIMITERS.iter().flat_map(|d| first_line.split(*d)).map(|f| f.trim().trim_matches('"')).collect();
-    schema.fields().len() == 1 || schema.fields().iter().any(|f| !fields.contains(f.name().as_str()))
-}
-
-/// The delimiters a header line is checked for.
-const CSV_DELIMITERS: [char; 4] = [',', ';', '\t', '|'];
-
-/// The file's first line (within its first `CSV_HEADER_PROBE_BYTES`).
-fn first_line(src: &Path) -> String {
-    let mut head = vec![0u8; CSV_HEADER_PROBE_BYTES];
-    let n = std::fs::File::open(src).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
-    String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or("").to_string()
-}
-
-/// `read_csv` with the sniffed dialect, unless the sniffer explained the
-/// file away: on small malformed files it may skip leading lines or fall
-/// back to one column. Those are read with the delimiter the header shows
-/// and strict parsing, so DuckDB reports the bad line instead of silently
-/// dropping or merging rows.
-fn csv_reader(conn: &duckdb::Connection, src: &Path) -> Result<String, ApiError> {
-    let path = format!("'{}'", src.display().to_string().replace('\'', "''"));
-    let bad = |e: duckdb::Error| {
-        let msg = e.to_string().replace(&src.display().to_string(), "<upload>");
-        ApiError::BadRequest(format!("the csv upload could not be read: {msg}"))
-    };
-    let (columns, skipped): (i64, i64) = conn
-        .query_row(&format!("SELECT len(Columns), SkipRows FROM sniff_csv({path})"), [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(bad)?;
-    let first_line = first_line(src);
-    let delim = CSV_DELIMITERS
-        .into_iter()
-        .map(|d| (first_line.matches(d).count(), d))
-        .max()
-        .filter(|(count, _)| *count > 0)
-        .map(|(_, d)| d);
-    match delim {
-        Some(d) if skipped > 0 || columns == 1 => {
-            let d = if d == '\t' { "\\t".to_string() } else { d.to_string() };
-            Ok(format!("read_csv({path}, delim = '{d}', skip = 0, header = true, strict_mode = true)"))
-        }
-        _ => Ok(format!("read_csv({path}, strict_mode = true)")),
-    }
-}
-
-/// How much of a CSV upload is read to find its header line.
-const CSV_HEADER_PROBE_BYTES: usize = 64 * 1024;
 
 /// A DuckDB instance that can read the upload and write the staged file and
 /// nothing else: no other directory, no extension loading, no settings

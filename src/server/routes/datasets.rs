@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::accounts::AccountLayout;
 use crate::ingest::body::{BodyLimits, IngestBody};
-use crate::ingest::upload::{self, Cleanup, Format, UploadOutcome};
+use crate::ingest::upload::{self, Cleanup, Format, Preparation, UploadOutcome};
 use crate::ingest::{Mode, Wait};
 use crate::query::catalog::{self, DatasetDetail, DatasetSummary, Preview};
 use crate::server::auth::AuthedAccount;
@@ -147,10 +147,13 @@ pub async fn upload(
     let pipeline = pipeline_of(&state, &auth).await?;
     let layout = AccountLayout::new(&state.config.storage.local_path, &auth.account.id);
     let id = upload::new_file_id();
+    let file = StagedFileName::from_hex_id(&id).map_err(|e| ApiError::Internal(e.into()))?;
+    let staged = layout.staged_dir().join(file.as_str());
     let mut cleanup = Cleanup::default();
+    cleanup.add(staged.clone());
     let started = std::time::Instant::now();
 
-    let (spooled, format) = if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
+    let (spooled, format, preparation) = if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
         let mut mp = Multipart::from_request(req, &state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         loop {
             let field = mp
@@ -175,9 +178,10 @@ pub async fn upload(
             };
             let path = upload::spool_path(&layout.incoming_dir(), &id, format);
             cleanup.add(path.clone());
+            let mut preparation = Preparation::start(format, &path, &staged, state.instance_settings());
             let mut body = IngestBody::new(field, limits, state.ingest_rate.clone(), auth.account.id.clone());
-            upload::spool(&mut body, &path).await?;
-            break (path, format);
+            upload::spool(&mut body, &path, &mut preparation).await?;
+            break (path, format, preparation);
         }
     } else {
         let format = match explicit {
@@ -197,22 +201,21 @@ pub async fn upload(
         );
         let path = upload::spool_path(&layout.incoming_dir(), &id, format);
         cleanup.add(path.clone());
-        upload::spool(&mut body, &path).await?;
-        (path, format)
+        let mut preparation = Preparation::start(format, &path, &staged, state.instance_settings());
+        upload::spool(&mut body, &path, &mut preparation).await?;
+        (path, format, preparation)
     };
     let bytes_received = std::fs::metadata(&spooled).map(|m| m.len()).unwrap_or(0);
     if bytes_received == 0 {
         return Err(ApiError::BadRequest("the upload is empty".into()));
     }
 
-    let file = StagedFileName::from_hex_id(&id).map_err(|e| ApiError::Internal(e.into()))?;
-    let staged = layout.staged_dir().join(file.as_str());
-    cleanup.add(staged.clone());
     let spooled_at = started.elapsed();
     let converted = {
+        let prepared = preparation.ready().await?;
         let _slot = state.conversions.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.into()))?;
-        let (src, dst, settings) = (spooled.clone(), staged.clone(), state.instance_settings());
-        tokio::task::spawn_blocking(move || upload::convert(&src, &dst, format, &settings))
+        let (src, dst) = (spooled.clone(), staged.clone());
+        tokio::task::spawn_blocking(move || upload::convert(prepared, &src, &dst, format))
             .await
             .map_err(|e| ApiError::Internal(e.into()))??
     };

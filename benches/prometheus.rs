@@ -6,8 +6,10 @@
 //! `--web.enable-remote-write-receiver` in the same run: the reference.
 //! Afterwards: bytes per sample of the metrics tables in the lake once
 //! maintenance has merged them, next to Prometheus's own TSDB (a snapshot
-//! block) holding the same samples. Two value profiles: counters exported
-//! as short decimals, and counters accumulated in doubles.
+//! block) holding the same samples. Three value profiles: a real scrape's
+//! mix of series, and two hard cases where every sample is a new irregular
+//! number (counters exported as short decimals, counters accumulated in
+//! doubles).
 //!
 //! Run: `make bench-prometheus` (needs DUCKPOND_TEST_EXTENSION_DIR and the
 //! `prometheus` binary).
@@ -34,7 +36,7 @@ fn step_cents(series: u64, i: u64) -> u64 {
     x % 10_000
 }
 
-/// How a sender's counters come out as doubles.
+/// What the senders' series hold.
 #[derive(Clone, Copy, Debug)]
 enum Values {
     /// Kept as an integer count of hundredths, divided once when exported
@@ -45,10 +47,55 @@ enum Values {
     /// Accumulated in a double step by step (a client library's float
     /// counter after `Add(0.37)` calls): rounding noise in the last bits.
     FloatAccumulated,
+    /// The mix of a real scrape (see `scrape_value`): most series hold still
+    /// between scrapes, counters step by small integers, a few values move
+    /// by irregular amounts. The data Prometheus's "1-2 bytes per sample"
+    /// describes; the two profiles above are the hard case, where every
+    /// sample of every series is a new irregular number.
+    Scrape,
 }
 
-fn counter(values: Values, series: u64, n: u64) -> f64 {
+/// A deterministic pseudo-random number for (series, sample, salt).
+fn mix(series: u64, i: u64, salt: u64) -> u64 {
+    let mut x =
+        (series << 32 | i).wrapping_add(salt.wrapping_mul(0xD6E8_FEB8_6659_FD93)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^ (x >> 32)
+}
+
+/// Sample `n` of series `series` in a real scrape's mix, modelled on the
+/// series of node_exporter and Prometheus's own /metrics (kinds by share of
+/// series):
+/// - 40% hold still: `up`, `*_info`, limits, configuration, start times,
+///   and histogram buckets and error counters nothing has touched;
+/// - 20% request-like counters: a small whole number of events per scrape,
+///   often none;
+/// - 10% histogram buckets that do fill: one event every few scrapes;
+/// - 10% byte counters: whole numbers, irregular steps of up to 64 KiB;
+/// - 10% gauges of memory in pages: a walk in steps of 4 KiB that often
+///   stays;
+/// - 10% CPU-seconds-like counters: irregular steps in hundredths, as in the
+///   `ExactDecimals` profile.
+fn scrape_value(series: u64, n: u64) -> f64 {
+    let base = (mix(series, 0, 1) % 1_000_000) as f64;
+    let steps = |f: &dyn Fn(u64) -> u64| -> u64 { (1..=n).map(f).sum() };
+    match series % 10 {
+        0..=3 => base,
+        4 | 5 => base + steps(&|i| [0, 0, 0, 1, 1, 2, 3, 5][(mix(series, i, 2) % 8) as usize]) as f64,
+        6 => base + steps(&|i| u64::from(mix(series, i, 3) % 4 == 0)) as f64,
+        7 => base * 4096.0 + steps(&|i| mix(series, i, 4) % 65_536) as f64,
+        8 => {
+            let walk: i64 = (1..=n).map(|i| [0, 0, 0, 0, 1, -1, 2, -2][(mix(series, i, 5) % 8) as usize]).sum();
+            (base as i64 + walk) as f64 * 4096.0
+        }
+        _ => (series * 100_000_000 + steps(&|i| step_cents(series, i))) as f64 / 100.0,
+    }
+}
+
+fn sample_value(values: Values, series: u64, n: u64) -> f64 {
     match values {
+        Values::Scrape => scrape_value(series, n),
         Values::ExactDecimals => {
             let cents: u64 = (0..=n).map(|i| step_cents(series, i)).sum();
             (series * 100_000_000 + cents) as f64 / 100.0
@@ -87,7 +134,7 @@ fn payloads(values: Values, end_ms: i64) -> Vec<Vec<Vec<u8>>> {
                                         let n = (r * SAMPLES_PER_SERIES + k) as u64;
                                         prompb::Sample {
                                             timestamp: start_ms + n as i64 * 1_000,
-                                            value: counter(values, id as u64, n),
+                                            value: sample_value(values, id as u64, n),
                                         }
                                     })
                                     .collect(),
@@ -229,7 +276,7 @@ fn main() {
         std::env::var("DUCKPOND_TEST_EXTENSION_DIR").expect("set DUCKPOND_TEST_EXTENSION_DIR (make bench-prometheus)");
     let total = SHARDS * REQUESTS_PER_SHARD * SERIES_PER_SHARD * SAMPLES_PER_SERIES;
     let mut runs = Vec::new();
-    for values in [Values::ExactDecimals, Values::FloatAccumulated] {
+    for values in [Values::ExactDecimals, Values::FloatAccumulated, Values::Scrape] {
         let r = run(&ext, values);
         println!(
             "prometheus_remote_write ({values:?}): {total} samples in {} requests ({} series x {SAMPLES_PER_SERIES} samples each, \
@@ -279,6 +326,10 @@ fn main() {
             Values::FloatAccumulated => (
                 "bytes_per_sample_float_noise",
                 "lake bytes per sample after compaction, counters accumulated in doubles (rounding noise)",
+            ),
+            Values::Scrape => (
+                "bytes_per_sample_scrape",
+                "lake bytes per sample after compaction, a real scrape's mix of series (mostly still, small steps)",
             ),
         };
         record(

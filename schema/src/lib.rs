@@ -5,6 +5,8 @@
 //! - [`TableName`]: a validated table (dataset) name.
 //! - [`LogRecord`]: the decoded record; [`LogRecord::encode`] gives the
 //!   `(kind, payload)` pair to append and [`LogRecord::decode`] reverses it.
+//! - [`prompb`], [`prompb_v2`]: Prometheus's remote write/read messages, and
+//!   [`prom_wire`]: their encoders that keep a -0.0 value.
 //!
 //! Encodings (all integers little-endian):
 //!
@@ -27,6 +29,8 @@ use std::fmt;
 pub mod prompb {
     include!("generated/prometheus.rs");
 }
+
+pub mod prom_wire;
 
 /// Prometheus remote-write 2.0 messages (`io.prometheus.write.v2.*`).
 #[allow(missing_docs, clippy::all)]

@@ -284,7 +284,7 @@ pub async fn read(
             crate::query::prometheus::ReadError::Lake(l) => ApiError::from(l),
             other => ApiError::BadRequest(other.to_string()),
         })?;
-    let out = prompb::ReadResponse { results }.encode_to_vec();
+    let out = duckpond_schema::prom_wire::encode_read_response(&prompb::ReadResponse { results });
     let body = snap::raw::Encoder::new().compress_vec(&out).map_err(|e| ApiError::Internal(e.into()))?;
     let mut res = (StatusCode::OK, body).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));

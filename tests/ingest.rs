@@ -43,6 +43,19 @@ fn upload(
         .unwrap()
 }
 
+/// A browser's upload: multipart/form-data with one file field, waiting for
+/// the commit.
+fn upload_multipart(s: &Server, a: &Acct, table: &str, file_name: &str, bytes: Vec<u8>) -> reqwest::blocking::Response {
+    let form = reqwest::blocking::multipart::Form::new()
+        .part("file", reqwest::blocking::multipart::Part::bytes(bytes).file_name(file_name.to_string()));
+    s.http
+        .post(s.url(&format!("/api/datasets/{table}/upload?wait=committed")))
+        .header("X-API-Key", &a.key)
+        .multipart(form)
+        .send()
+        .unwrap()
+}
+
 fn stream(s: &Server, a: &Acct, table: &str, query: &str, body: impl Into<Body>) -> reqwest::blocking::Response {
     s.http
         .post(s.url(&format!("/api/stream/arrow/{table}{query}")))
@@ -169,15 +182,7 @@ duckdb.sql("COPY (SELECT 9::BIGINT AS id, 'ida' AS name) TO '{}' (FORMAT parquet
     assert_eq!(got[0], serde_json::json!([9, 9, 45]));
 
     // Multipart (as a browser sends it), format from the file name.
-    let form = reqwest::blocking::multipart::Form::new()
-        .part("file", reqwest::blocking::multipart::Part::bytes(CSV.as_bytes().to_vec()).file_name("more.csv"));
-    let r = s
-        .http
-        .post(s.url("/api/datasets/people/upload?wait=committed"))
-        .header("X-API-Key", &a.key)
-        .multipart(form)
-        .send()
-        .unwrap();
+    let r = upload_multipart(&s, &a, "people", "more.csv", CSV.as_bytes().to_vec());
     assert_eq!(json_of(r, 200)["format"], "csv");
     assert_eq!(rows_of(&s, &a, "people"), 12);
 
@@ -279,15 +284,7 @@ fn large_csv_uploads_are_read_in_the_dialect_of_their_head() {
 
     let r = json_of(upload(&s, &a, "big", "?wait=committed", "text/csv", csv.clone()), 200);
     assert_eq!(r["rows"].as_u64(), Some(rows), "{r}");
-    let form = reqwest::blocking::multipart::Form::new()
-        .part("file", reqwest::blocking::multipart::Part::bytes(csv.into_bytes()).file_name("big.csv"));
-    let r = s
-        .http
-        .post(s.url("/api/datasets/big_mp/upload?wait=committed"))
-        .header("X-API-Key", &a.key)
-        .multipart(form)
-        .send()
-        .unwrap();
+    let r = upload_multipart(&s, &a, "big_mp", "big.csv", csv.into_bytes());
     assert_eq!(json_of(r, 200)["rows"].as_u64(), Some(rows));
     for table in ["big", "big_mp"] {
         let q = |sql: &str| -> serde_json::Value {

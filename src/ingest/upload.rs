@@ -197,8 +197,11 @@ fn write_chunks(mut file: std::fs::File, chunks: Vec<Bytes>) -> std::io::Result<
 /// for CSV, sniffing the dialect from the body's head (see
 /// [`csv_dialect`]). Both run on the blocking pool once there is something
 /// to do (a CSV's head is complete), so no thread waits on a slow client.
-/// Dropped early (a refused body), a running preparation finishes on its
-/// own and deletes the head file it wrote.
+/// They run outside `limits.max_concurrent_conversions`, which bounds the
+/// conversions themselves: a preparation holds an idle instance and at most
+/// `SNIFF_HEAD_BYTES` of the body, and sniffs tens of milliseconds. Dropped
+/// early (a refused body), a running preparation finishes on its own and
+/// deletes the head file it wrote.
 pub struct Preparation {
     src: PathBuf,
     dst: PathBuf,

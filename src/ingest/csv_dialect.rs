@@ -16,6 +16,8 @@
 
 use std::path::Path;
 
+use duckpond_compactor::lake::sql_string;
+
 /// How much of a CSV body the dialect is sniffed from (cut at its last line
 /// end): comfortably more than the sniffer's 20,480 sample rows of ordinary
 /// widths.
@@ -41,32 +43,27 @@ pub struct Dialect {
 }
 
 /// Sniffs the dialect of `head` (the body's first bytes) by writing it to
-/// `head_path` for `sniff_csv`; the file is deleted again. An error is the
-/// sniffer's message: the full read then reports its own.
-pub fn sniff(conn: &duckdb::Connection, head_path: &Path, head: &[u8]) -> Result<Dialect, String> {
-    std::fs::write(head_path, head).map_err(|e| e.to_string())?;
-    let sniffed = conn
-        .query_row(
-            &format!(
-                "SELECT Delimiter, Quote, Escape, Comment, HasHeader, SkipRows, len(Columns) \
-                 FROM sniff_csv({})",
-                literal(&head_path.display().to_string())
-            ),
-            [],
-            |r| {
-                Ok(Dialect {
-                    delimiter: r.get(0)?,
-                    quote: none_if_empty(r.get(1)?),
-                    escape: none_if_empty(r.get(2)?),
-                    comment: none_if_empty(r.get(3)?),
-                    header: r.get(4)?,
-                    skipped_rows: r.get(5)?,
-                    columns: r.get(6)?,
-                    first_line_delimiter: first_line_delimiter(head),
-                })
-            },
-        )
-        .map_err(|e| e.to_string());
+/// `head_path` for `sniff_csv`; the file is deleted again. On an error the
+/// full read reports its own.
+pub fn sniff(conn: &duckdb::Connection, head_path: &Path, head: &[u8]) -> anyhow::Result<Dialect> {
+    let sniffed = std::fs::write(head_path, head).map_err(anyhow::Error::from).and_then(|()| {
+        let sql = format!(
+            "SELECT Delimiter, Quote, Escape, Comment, HasHeader, SkipRows, len(Columns) FROM sniff_csv({})",
+            sql_string(&head_path.display().to_string())
+        );
+        Ok(conn.query_row(&sql, [], |r| {
+            Ok(Dialect {
+                delimiter: r.get(0)?,
+                quote: none_if_empty(r.get(1)?),
+                escape: none_if_empty(r.get(2)?),
+                comment: none_if_empty(r.get(3)?),
+                header: r.get(4)?,
+                skipped_rows: r.get(5)?,
+                columns: r.get(6)?,
+                first_line_delimiter: first_line_delimiter(head),
+            })
+        })?)
+    });
     let _ = std::fs::remove_file(head_path);
     sniffed
 }
@@ -74,14 +71,14 @@ pub fn sniff(conn: &duckdb::Connection, head_path: &Path, head: &[u8]) -> Result
 /// The `read_csv` call that reads `src`, given what was sniffed from its
 /// head (None: not sniffed).
 pub fn reader(src: &Path, dialect: Option<&Dialect>) -> String {
-    let path = literal(&src.display().to_string());
+    let path = sql_string(&src.display().to_string());
     match dialect {
         // The sniffer explained the file away; a first line with a delimiter
         // says how it was meant to be read.
         Some(d) if d.skipped_rows > 0 || d.columns == 1 => match d.first_line_delimiter {
             Some(delim) => {
                 let delim = if delim == '\t' { "\\t".to_string() } else { delim.to_string() };
-                format!("read_csv({path}, delim = {}, skip = 0, header = true, strict_mode = true)", literal(&delim))
+                format!("read_csv({path}, delim = {}, skip = 0, header = true, strict_mode = true)", sql_string(&delim))
             }
             None => format!("read_csv({path}, strict_mode = true)"),
         },
@@ -91,10 +88,10 @@ pub fn reader(src: &Path, dialect: Option<&Dialect>) -> String {
         Some(d) => format!(
             "read_csv({path}, delim = {}, quote = {}, escape = {}, comment = {}, skip = 0, header = {}, \
              strict_mode = true)",
-            literal(&d.delimiter),
-            literal(&d.quote),
-            literal(&d.escape),
-            literal(&d.comment),
+            sql_string(&d.delimiter),
+            sql_string(&d.quote),
+            sql_string(&d.escape),
+            sql_string(&d.comment),
             d.header
         ),
         None => format!("read_csv({path}, strict_mode = true)"),
@@ -130,10 +127,6 @@ fn none_if_empty(value: String) -> String {
     } else {
         value
     }
-}
-
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
+use duckpond_compactor::lake::sql_string;
 use duckpond_compactor::InstanceSettings;
 use duckpond_schema::{DatasetCommand, LogRecord, StagedFile, StagedFileName, TableName};
 use futures_util::Stream;
@@ -246,7 +247,11 @@ impl Preparation {
         self.task = Some(tokio::task::spawn_blocking(move || {
             let conn = conversion_instance(&src, &dst, &settings)?;
             let head_path = src.with_extension("head.csv");
-            let dialect = head.and_then(|head| csv_dialect::sniff(&conn, &head_path, &head).ok());
+            let dialect = head.and_then(|head| {
+                csv_dialect::sniff(&conn, &head_path, &head)
+                    .map_err(|e| tracing::debug!(error = %e, "the CSV head did not sniff; read_csv sniffs the file"))
+                    .ok()
+            });
             Ok(Prepared { conn, dialect })
         }));
     }
@@ -294,7 +299,7 @@ pub struct Converted {
 /// it reports) become 400, with the server's paths taken out.
 pub fn convert(prepared: Prepared, src: &Path, dst: &Path, format: Format) -> Result<Converted, ApiError> {
     let Prepared { conn, dialect } = prepared;
-    let lit = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "''"));
+    let lit = |p: &Path| sql_string(&p.display().to_string());
     let copy = |reader: &str| -> Result<u64, ApiError> {
         let sql = format!("COPY (SELECT * FROM {reader}) TO {} (FORMAT parquet)", lit(dst));
         conn.execute(&sql, []).map(|n| n as u64).map_err(|e| {
@@ -333,11 +338,8 @@ pub fn convert(prepared: Prepared, src: &Path, dst: &Path, format: Format) -> Re
 /// not preserved (rows of one upload may be reordered between DuckDB's
 /// threads): a table has no row order, and the parallel writer is faster.
 fn conversion_instance(src: &Path, dst: &Path, settings: &InstanceSettings) -> Result<duckdb::Connection, ApiError> {
-    let dirs: Vec<String> = [src, dst]
-        .iter()
-        .filter_map(|p| p.parent())
-        .map(|d| format!("'{}/'", d.display().to_string().replace('\'', "''")))
-        .collect();
+    let dirs: Vec<String> =
+        [src, dst].iter().filter_map(|p| p.parent()).map(|d| sql_string(&format!("{}/", d.display()))).collect();
     let temp = src.parent().map(|d| d.join(".duckdb_tmp")).unwrap_or_default();
     let config = duckdb::Config::default()
         .with("autoinstall_known_extensions", "false")
@@ -347,9 +349,9 @@ fn conversion_instance(src: &Path, dst: &Path, settings: &InstanceSettings) -> R
         .map_err(|e| ApiError::Internal(e.into()))?;
     let conn = duckdb::Connection::open_in_memory_with_flags(config).map_err(|e| ApiError::Internal(e.into()))?;
     conn.execute_batch(&format!(
-        "SET temp_directory = '{}'; SET allowed_directories = [{}]; SET enable_external_access = false; \
+        "SET temp_directory = {}; SET allowed_directories = [{}]; SET enable_external_access = false; \
          SET preserve_insertion_order = false; SET lock_configuration = true;",
-        temp.display().to_string().replace('\'', "''"),
+        sql_string(&temp.display().to_string()),
         dirs.join(", ")
     ))
     .map_err(|e| ApiError::Internal(e.into()))?;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the official DuckDB 1.5.5 extension binaries the daemon LOADs
-# (ducklake, sqlite_scanner, postgres_scanner, httpfs) from their PyPI
+# (ducklake, sqlite_scanner, postgres_scanner, httpfs, icu) from their PyPI
 # packages into DIR/v1.5.5/<platform>/, the layout DuckDB itself uses for
 # `extension_directory`. Idempotent: files already present are kept.
 #
@@ -13,7 +13,7 @@
 set -euo pipefail
 
 DUCKDB_VERSION=1.5.5
-EXTENSIONS=(ducklake sqlite_scanner postgres_scanner httpfs)
+EXTENSIONS=(ducklake sqlite_scanner postgres_scanner httpfs icu)
 
 dir=${1:?usage: $0 EXTENSION_DIR}
 case "$(uname -m)" in

@@ -79,7 +79,7 @@ fn throughput(ext: &Extensions, cols: usize) -> (f64, f64) {
             let r = c.append(&[LogRecord::Rows { table: table.clone(), ipc: ipc.clone() }]).await.unwrap();
             last = Some(r.last);
         }
-        c.wait_committed(last.unwrap(), Duration::from_secs(600)).await.unwrap();
+        c.wait_flushed(last.unwrap(), Duration::from_secs(600)).await.unwrap();
         last
     });
     let pipeline = start.elapsed().as_secs_f64();
@@ -134,7 +134,7 @@ fn freshness(ext: &Extensions, rows_per_s: usize, seconds: u64, wake: bool) -> (
             let mut rx = c2.subscribe();
             watchers.push(tokio::spawn(async move {
                 if wake {
-                    c2.wait_committed(r.last, Duration::from_secs(120)).await.unwrap();
+                    c2.wait_committed(&[r], Duration::from_secs(120)).await.unwrap();
                 } else {
                     rx.wait_for(|c| c.lsn >= r.last).await.unwrap();
                 }

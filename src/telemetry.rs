@@ -18,6 +18,11 @@ pub const HTTP_REQUEST_DURATION_SECONDS: &str = "duckpond_http_request_duration_
 pub const PROMETHEUS_SAMPLES_TOTAL: &str = "duckpond_prometheus_samples_total";
 /// Prometheus samples, histograms and exemplars skipped as already stored.
 pub const PROMETHEUS_DUPLICATES_TOTAL: &str = "duckpond_prometheus_duplicates_total";
+/// Counter: samples and histograms stored out of order (inside the window).
+pub const PROMETHEUS_OUT_OF_ORDER_TOTAL: &str = "duckpond_prometheus_out_of_order_total";
+/// Counter: remote-write requests refused by the ordering rules, by reason
+/// (`too_old`, `changed_value`).
+pub const PROMETHEUS_REFUSED_REQUESTS_TOTAL: &str = "duckpond_prometheus_refused_requests_total";
 
 const LATENCY_BUCKETS_SECONDS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -46,6 +51,14 @@ fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests answered");
     metrics::describe_counter!(PROMETHEUS_SAMPLES_TOTAL, "Prometheus samples and histograms written");
     metrics::describe_counter!(PROMETHEUS_DUPLICATES_TOTAL, "Prometheus samples skipped as already stored (resends)");
+    metrics::describe_counter!(
+        PROMETHEUS_OUT_OF_ORDER_TOTAL,
+        "Prometheus samples stored out of order, inside the window"
+    );
+    metrics::describe_counter!(
+        PROMETHEUS_REFUSED_REQUESTS_TOTAL,
+        "Prometheus remote-write requests refused (400) by the ordering rules"
+    );
     metrics::describe_histogram!(HTTP_REQUEST_DURATION_SECONDS, metrics::Unit::Seconds, "HTTP request latency");
 }
 

@@ -319,10 +319,11 @@ fn one_account_cannot_reach_another_accounts_session() {
     let server = env.serve();
     let id = create_notebook(&server, &alice, "secret");
     start_ready(&server, &alice, &id);
-    // Through the proxy with bob's key: as if there were no session.
-    let msg = error_of(proxied_health(&server, &bob, &id), 409, "conflict");
+    // Through the proxy with bob's key: 404, as the API answers for a
+    // notebook bob does not have (the same as for one that does not exist).
+    let msg = error_of(proxied_health(&server, &bob, &id), 404, "not_found");
     assert!(!msg.contains("alice"), "{msg}");
-    error_of(server.get(&format!("/notebooks/{id}/"), Some(&bob)), 409, "conflict");
+    error_of(server.get(&format!("/notebooks/{id}/"), Some(&bob)), 404, "not_found");
     // Without a key, with a wrong key.
     error_of(proxied_health(&server, "", &id), 401, "unauthorized");
     error_of(server.get(&format!("/notebooks/{id}/health"), None), 401, "unauthorized");
@@ -331,7 +332,7 @@ fn one_account_cannot_reach_another_accounts_session() {
     let mut req = ws_url.clone().into_client_request().unwrap();
     req.headers_mut().insert("X-API-Key", bob.parse().unwrap());
     match tungstenite::connect(req) {
-        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 409),
+        Err(tungstenite::Error::Http(res)) => assert_eq!(res.status(), 404),
         other => panic!("bob's websocket was not refused: {:?}", other.map(|(_, r)| r.status())),
     }
     // A cross-site websocket carrying alice's credentials is refused too.

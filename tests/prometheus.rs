@@ -246,7 +246,7 @@ fn malformed_remote_writes_store_nothing() {
         ("empty label value", v1(vec![series(&[("__name__", "m"), ("a", "")], &[(1, 1.0)])])),
         ("no metric name", v1(vec![series(&[("job", "a")], &[(1, 1.0)])])),
         ("absurd label count", v1(vec![series(&many_refs, &[(1, 1.0)])])),
-        ("samples out of order", v1(vec![series(&[("__name__", "m")], &[(2, 1.0), (1, 1.0)])])),
+        ("two values at one timestamp", v1(vec![series(&[("__name__", "m")], &[(1, 1.0), (1, 2.0)])])),
     ];
     for (what, body) in bad {
         let r = send(&s, &key, "application/x-protobuf", body);
@@ -496,16 +496,73 @@ fn resend_after_restart_stores_nothing_twice() {
         drained(&s, &key);
     }
     let s = env.serve();
-    assert_eq!(send(&s, &key, "application/x-protobuf", body).status(), 204);
+    let r = send(&s, &key, "application/x-protobuf", body);
+    assert_eq!(r.status(), 204, "{}", r.text().unwrap());
     let newer = prompb::WriteRequest {
         timeseries: vec![series(&[("__name__", "m"), ("job", "a")], &[(3_000, 3.0)])],
         metadata: vec![],
     };
-    assert_eq!(send(&s, &key, "application/x-protobuf", snappy(&newer.encode_to_vec())).status(), 204);
+    let r = send(&s, &key, "application/x-protobuf", snappy(&newer.encode_to_vec()));
+    assert_eq!(r.status(), 204, "{}", r.text().unwrap());
     drained(&s, &key);
     assert_eq!(query(&s, &key, "SELECT count(*), sum(value) FROM prometheus_samples")[0], json!([3, 6.0]));
     assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_series")[0][0], 1);
     assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_metadata")[0][0], 1);
+}
+
+/// Prometheus's own ordering rules (2.39+ with `out_of_order_time_window`):
+/// out-of-order samples inside the window are stored, older ones and
+/// changed values are a 400 naming the series, exact resends are counted
+/// duplicates; the same after a restart (the window is loaded from the
+/// lake). Before, the out-of-order sample and the changed value were
+/// dropped behind a 204.
+#[test]
+fn out_of_order_and_changed_samples_follow_prometheus() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.write_config("prometheus:\n  out_of_order_window_ms: 60000\n");
+    let (_, key) = env.create_account("acme");
+    const T: i64 = 1_700_000_000_000;
+    let req = |samples: &[(i64, f64)]| {
+        let ts = vec![series(&[("__name__", "m"), ("job", "a")], samples)];
+        snappy(&prompb::WriteRequest { timeseries: ts, metadata: vec![] }.encode_to_vec())
+    };
+    {
+        let s = env.serve();
+        let w = |samples: &[(i64, f64)]| send(&s, &key, "application/x-protobuf", req(samples));
+        assert_eq!(w(&[(T + 60_000, 1.0)]).status(), 204);
+        // Older than the newest, inside the window: stored.
+        assert_eq!(w(&[(T + 30_000, 2.0), (T + 90_000, 3.0)]).status(), 204);
+        // A different value at a stored timestamp: 400 naming the series.
+        let msg = error_of(w(&[(T + 90_000, 4.0)]), 400, "bad_request");
+        assert!(msg.contains("m{job=\"a\"}") && msg.contains("different"), "{msg}");
+        // An exact resend: a harmless duplicate.
+        assert_eq!(w(&[(T + 60_000, 1.0), (T + 90_000, 3.0)]).status(), 204);
+        // Older than the window below the newest (90 s): too old, and the
+        // in-order sample of the same request is not stored either.
+        let msg = error_of(w(&[(T + 29_000, 5.0), (T + 95_000, 5.0)]), 400, "bad_request");
+        assert!(msg.contains("too old") && msg.contains("m{job=\"a\"}"), "{msg}");
+        // A duplicate inside one request is stored once.
+        assert_eq!(w(&[(T + 100_000, 6.0), (T + 100_000, 6.0)]).status(), 204);
+        drained(&s, &key);
+        let got = query(&s, &key, "SELECT timestamp_ms - 1700000000000, value FROM prom_samples ORDER BY 1");
+        assert_eq!(got, vec![json!([30_000, 2.0]), json!([60_000, 1.0]), json!([90_000, 3.0]), json!([100_000, 6.0])]);
+        let metrics = s.get("/metrics", None).text().unwrap();
+        for name in [
+            "duckpond_prometheus_out_of_order_total",
+            "duckpond_prometheus_duplicates_total",
+            "duckpond_prometheus_refused_requests_total",
+        ] {
+            assert!(metrics.lines().any(|l| l.starts_with(name)), "{name} missing from /metrics");
+        }
+    }
+    // After a restart the window comes from the lake.
+    let s = env.serve();
+    let w = |samples: &[(i64, f64)]| send(&s, &key, "application/x-protobuf", req(samples));
+    assert_eq!(w(&[(T + 60_000, 1.0)]).status(), 204);
+    error_of(w(&[(T + 60_000, 9.0)]), 400, "bad_request");
+    error_of(w(&[(T + 10_000, 9.0)]), 400, "bad_request");
+    drained(&s, &key);
+    assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_samples")[0][0], 4);
 }
 
 #[test]

@@ -35,6 +35,15 @@ pub enum CompactorError {
         /// How long was waited.
         timeout_ms: u64,
     },
+    /// A record of the write was refused by the lake and quarantined: its
+    /// rows are in no snapshot.
+    #[error("the write was logged but the lake refused it (quarantined as LSN {lsn}): {reason}")]
+    Quarantined {
+        /// The refused record.
+        lsn: u64,
+        /// The lake's reason.
+        reason: String,
+    },
     /// The compactor stopped.
     #[error("compactor stopped")]
     Stopped,

@@ -12,8 +12,14 @@ use duckdb::{Config, Connection};
 /// The DuckDB release the `duckdb` crate bundles; extension binaries must match.
 pub const DUCKDB_VERSION: &str = "v1.5.5";
 
-/// Extensions the daemon loads at start, in load order.
-pub const REQUIRED_EXTENSIONS: [&str; 4] = ["sqlite_scanner", "postgres_scanner", "httpfs", "ducklake"];
+/// Extensions the daemon loads at start, in load order. `icu` gives every
+/// instance time zones (zoned timestamps read as TIMESTAMPTZ, `timezone()`,
+/// `AT TIME ZONE`) and collations, as stock DuckDB has them.
+pub const REQUIRED_EXTENSIONS: [&str; 5] = ["icu", "sqlite_scanner", "postgres_scanner", "httpfs", "ducklake"];
+
+/// The session time zone of every instance: rendering TIMESTAMPTZ as text
+/// must not depend on the server's local zone.
+pub const TIME_ZONE: &str = "UTC";
 
 /// The command that fetches missing extension binaries into a directory.
 pub const FETCH_COMMAND: &str = ".ci/fetch-duckdb-extensions.sh";
@@ -116,7 +122,12 @@ impl Extensions {
 
     /// LOADs every required extension into `conn`.
     pub fn load_into(&self, conn: &Connection) -> Result<(), LakeError> {
-        for name in REQUIRED_EXTENSIONS {
+        self.load_some(conn, &REQUIRED_EXTENSIONS)
+    }
+
+    /// LOADs the named extensions (each one of [`REQUIRED_EXTENSIONS`]).
+    pub fn load_some(&self, conn: &Connection, names: &[&str]) -> Result<(), LakeError> {
+        for name in names {
             let path = self.path_of(name);
             let sql = format!("LOAD {}", sql_string(&path.display().to_string()));
             conn.execute_batch(&sql)
@@ -137,6 +148,8 @@ impl Extensions {
             .map_err(LakeError::duckdb("configuring DuckDB"))?;
         let conn = Connection::open_in_memory_with_flags(config).map_err(LakeError::duckdb("opening DuckDB"))?;
         self.load_into(&conn)?;
+        conn.execute_batch(&format!("SET TimeZone = {}", sql_string(TIME_ZONE)))
+            .map_err(LakeError::duckdb("setting the time zone"))?;
         Ok(conn)
     }
 }
@@ -304,7 +317,8 @@ mod tests {
         let err = Extensions::locate(dir.path()).unwrap_err();
         let msg = err.to_string();
         assert!(err.is_missing_extension());
-        assert!(msg.contains("sqlite_scanner.duckdb_extension"), "{msg}");
+        // The first of the load order that is missing.
+        assert!(msg.contains("icu.duckdb_extension"), "{msg}");
         assert!(msg.contains(FETCH_COMMAND), "{msg}");
     }
 }

@@ -8,8 +8,12 @@
 //! - [`AccountCompactor`]: one account's log + writer, `append`,
 //!   `wait_committed`, `flush_blocking`, `maintain_blocking`, and the flush
 //!   loop `run` (interval, size threshold, wake-ups, shutdown, backoff).
+//! - [`storable`] (from `duckpond-schema`, so it is fuzzed without DuckDB):
+//!   what the lake keeps exactly; every write's columns are checked (or
+//!   converted by a documented rule) before they are logged.
 //! - [`tables`]: each table's schema once the log is applied, checked on
-//!   every append so a write that cannot apply never reaches the log.
+//!   every append so a write that cannot apply never reaches the log;
+//!   columns widen where DuckLake can promote their type.
 //! - [`maintenance`]: merge small files, expire snapshots past retention,
 //!   delete unreferenced files.
 #![deny(missing_docs)]
@@ -18,6 +22,7 @@ mod error;
 pub mod lake;
 pub mod maintenance;
 mod service;
+pub use duckpond_schema::storable;
 pub mod tables;
 pub mod telemetry;
 #[doc(hidden)]
@@ -27,6 +32,6 @@ mod writer;
 pub use error::CompactorError;
 pub use lake::{CatalogLocation, CatalogMetadata, Extensions, InstanceSettings, LakeError};
 pub use maintenance::MaintenanceOutcome;
-pub use service::{AccountCompactor, Committed, CompactorOptions};
+pub use service::{AccountCompactor, Committed, CompactorOptions, QuarantinedRecord};
 pub use tables::SchemaConflict;
 pub use writer::{FlushOutcome, LakeWriter, COMMIT_AUTHOR, LAKE_ALIAS, LSN_KEY};

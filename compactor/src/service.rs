@@ -7,6 +7,7 @@
 //! failure) the committed LSN is read back from the lake, the log is opened
 //! with `min_next_lsn` above it, and records at or below it are skipped.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,6 +98,46 @@ pub struct AccountCompactor {
     /// Each table's schema once the log is applied; appends are checked
     /// against it.
     schemas: Mutex<TableSchemas>,
+    /// Records the lake refused, by LSN (from the quarantine directory at
+    /// open, then from every quarantine).
+    quarantined: Mutex<BTreeMap<Lsn, QuarantinedRecord>>,
+    /// Schema effects of appends not yet durable, by ticket (and the last
+    /// ticket given).
+    inflight: Mutex<(BTreeMap<u64, Vec<SchemaEffect>>, u64)>,
+    /// What reopening the writer needs.
+    lake: (Extensions, InstanceSettings, CatalogLocation),
+}
+
+/// A record the lake refused, kept in the account's quarantine directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuarantinedRecord {
+    /// Its log position.
+    pub lsn: u64,
+    /// The table it was for (None if the record did not decode).
+    pub table: Option<String>,
+    /// Why the lake refused it.
+    pub reason: String,
+    /// Size of the record in the log.
+    pub bytes: u64,
+    /// When it was quarantined (Unix ms).
+    pub quarantined_at_ms: i64,
+}
+
+/// Reads the quarantine directory's entries (`<lsn>.json`).
+fn load_quarantine(dir: &std::path::Path) -> BTreeMap<Lsn, QuarantinedRecord> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "json") {
+            if let Some(q) =
+                std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<QuarantinedRecord>(&b).ok())
+            {
+                out.insert(Lsn::new(q.lsn), q);
+            }
+        }
+    }
+    out
 }
 
 impl std::fmt::Debug for AccountCompactor {
@@ -122,7 +163,9 @@ impl AccountCompactor {
         // A crash between a commit and its truncation leaves committed
         // segments behind: drop them now.
         let _ = wal.truncate_before(lsn.next());
-        let schemas = replay(&wal, lsn, &writer, &opts)?;
+        let quarantined = load_quarantine(&opts.quarantine_dir);
+        let skip = quarantined.keys().copied().collect();
+        let schemas = replay_schemas(&wal, lsn, &writer, &opts, &skip, true)?;
         let (committed, _) = watch::channel(Committed { lsn, snapshot_id: None });
         let pending = wal.durable_lsn().filter(|d| *d > lsn).map(|_| Instant::now());
         m::describe();
@@ -135,6 +178,9 @@ impl AccountCompactor {
                 opts,
                 oldest_pending: Mutex::new(pending),
                 schemas: Mutex::new(schemas),
+                quarantined: Mutex::new(quarantined),
+                inflight: Mutex::new((BTreeMap::new(), 0)),
+                lake: (extensions.clone(), *settings, location.clone()),
             },
             report,
         ))
@@ -146,7 +192,20 @@ impl AccountCompactor {
     pub async fn append(&self, records: &[LogRecord]) -> Result<LsnRange, CompactorError> {
         let effects =
             records.iter().map(|r| effect_of(r, &self.opts.staged_dir)).collect::<Result<Vec<_>, CompactorError>>()?;
-        self.schemas.lock().expect("schemas lock").apply_all(&effects)?;
+        // Recorded as in flight until durable, so a rebuild of the registry
+        // in between (after a quarantine) keeps them.
+        let ticket = {
+            let mut schemas = self.schemas.lock().expect("schemas lock");
+            schemas.apply_all(&effects, |check| match largest_magnitude(records, &self.opts.staged_dir, check) {
+                Some(m) if m <= u128::from(check.limit) => Ok(()),
+                _ => Err(check.refused()),
+            })?;
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            inflight.1 += 1;
+            let ticket = inflight.1;
+            inflight.0.insert(ticket, effects);
+            ticket
+        };
         let batch: Vec<(RecordKind, Bytes)> = records
             .iter()
             .map(|r| {
@@ -154,7 +213,9 @@ impl AccountCompactor {
                 (RecordKind(kind), payload)
             })
             .collect();
-        let range = self.wal.append_batch(batch).await?;
+        let res = self.wal.append_batch(batch).await;
+        self.inflight.lock().expect("inflight lock").0.remove(&ticket);
+        let range = res?;
         self.oldest_pending.lock().expect("pending lock").get_or_insert_with(Instant::now);
         if self.wal.uncompacted_bytes() >= self.opts.flush_threshold_bytes {
             self.wake.notify_one();
@@ -190,9 +251,29 @@ impl AccountCompactor {
         self.committed.subscribe()
     }
 
-    /// Waits until `lsn` is committed and returns the snapshot holding it.
-    /// Asks the loop to flush now rather than at the next interval.
-    pub async fn wait_committed(&self, lsn: Lsn, timeout: Duration) -> Result<Committed, CompactorError> {
+    /// Waits until every record of `lsns` is committed and returns the
+    /// snapshot holding them. Asks the loop to flush now rather than at the
+    /// next interval. A record of the range that the lake refused (and the
+    /// flush quarantined) is [`CompactorError::Quarantined`]: its rows are
+    /// in no snapshot, so no snapshot is named.
+    ///
+    /// `lsns` are the write's own appends (a stream makes several, with
+    /// other writers' records between them).
+    pub async fn wait_committed(&self, lsns: &[LsnRange], timeout: Duration) -> Result<Committed, CompactorError> {
+        let Some(last) = lsns.iter().map(|r| r.last).max() else { return Ok(self.committed()) };
+        let c = self.wait_flushed(last, timeout).await?;
+        let q = self.quarantined.lock().expect("quarantine lock");
+        for r in lsns {
+            if let Some((lsn, entry)) = q.range(r.first..=r.last).next() {
+                return Err(CompactorError::Quarantined { lsn: lsn.get(), reason: entry.reason.clone() });
+            }
+        }
+        Ok(c)
+    }
+
+    /// Waits until the log up to `lsn` has been flushed (committed, or
+    /// quarantined record by record), asking the loop to flush now.
+    pub async fn wait_flushed(&self, lsn: Lsn, timeout: Duration) -> Result<Committed, CompactorError> {
         let mut rx = self.committed.subscribe();
         self.wake.notify_one();
         let res = tokio::time::timeout(timeout, rx.wait_for(|c| c.lsn >= lsn)).await;
@@ -230,6 +311,14 @@ impl AccountCompactor {
     }
 
     /// One flush of at most `max_flush_bytes`.
+    ///
+    /// A record the lake refuses is quarantined and the rest of the slice
+    /// is applied without it, so no record can stop its account: when a
+    /// group of records is refused together, they are applied one by one
+    /// to find the culprit; when the writer's instance breaks, it is
+    /// reopened and the records are retried alone, and one that breaks it
+    /// twice is quarantined. Before any record is blamed the catalog is
+    /// probed, so an outage is retried, never quarantined.
     fn flush_once(&self, writer: &mut LakeWriter) -> Result<FlushOutcome, CompactorError> {
         let start = Instant::now();
         let from = self.committed().lsn.next();
@@ -241,10 +330,17 @@ impl AccountCompactor {
             bytes += r.payload.len() as u64;
             // Bytes clones share the buffer: no copy of the payload.
             let payload = Bytes::from(r.payload);
+            // Quarantined before a crash that came before the commit moving
+            // past it: it stays refused (a later commit must not contradict
+            // what a waiting writer was told).
+            if self.quarantined.lock().expect("quarantine lock").contains_key(&r.lsn) {
+                quarantined.push(r.lsn);
+                continue;
+            }
             match LogRecord::decode(r.kind.0, payload.clone()) {
                 Ok(rec) => records.push((r.lsn, rec)),
                 Err(e) => {
-                    self.quarantine(r.lsn, &payload, &e.to_string())?;
+                    self.quarantine(r.lsn, None, &payload, &format!("undecodable record: {e}"))?;
                     quarantined.push(r.lsn);
                 }
             }
@@ -253,6 +349,11 @@ impl AccountCompactor {
             }
         }
         let upto = records.last().map(|r| r.0).into_iter().chain(quarantined.last().copied()).max();
+        let mut isolate = BTreeSet::new();
+        let mut broke_once = BTreeSet::new();
+        // Each turn either commits, quarantines a record, isolates a record
+        // that was not isolated, or marks one as having broken the writer:
+        // the loop ends.
         loop {
             if records.is_empty() {
                 // Only unusable records: nothing to commit. Move past them in
@@ -261,9 +362,12 @@ impl AccountCompactor {
                 if let Some(upto) = upto {
                     self.advance(Committed { lsn: upto, snapshot_id: self.committed().snapshot_id });
                 }
+                if !quarantined.is_empty() {
+                    self.rebuild_schemas(writer)?;
+                }
                 return Ok(FlushOutcome { quarantined, ..Default::default() });
             }
-            match writer.apply(&records, upto.expect("records exist")) {
+            let blamed = match writer.apply(&records, upto.expect("records exist"), &isolate) {
                 Ok(mut outcome) => {
                     outcome.quarantined = quarantined;
                     self.advance(Committed { lsn: outcome.lsn, snapshot_id: outcome.snapshot_id });
@@ -274,6 +378,9 @@ impl AccountCompactor {
                             let _ = std::fs::remove_file(self.opts.staged_dir.join(f.file.as_str()));
                         }
                     }
+                    if !outcome.quarantined.is_empty() {
+                        self.rebuild_schemas(writer)?;
+                    }
                     let label = self.opts.metrics_label.clone();
                     metrics::histogram!(m::FLUSH_DURATION_SECONDS, "account" => label.clone())
                         .record(start.elapsed().as_secs_f64());
@@ -282,20 +389,87 @@ impl AccountCompactor {
                     metrics::counter!(m::FLUSHED_ROWS_TOTAL, "account" => label).increment(outcome.rows);
                     return Ok(outcome);
                 }
-                Err(ApplyError::BadRecord(bad)) => {
-                    let idx = records.iter().position(|(l, _)| *l == bad.lsn).expect("bad record is in the slice");
-                    let (lsn, rec) = records.remove(idx);
-                    let (_, payload) = rec.encode();
-                    self.quarantine(lsn, &payload, &bad.reason)?;
-                    if let LogRecord::StagedFile(f) = &rec {
-                        let from = self.opts.staged_dir.join(f.file.as_str());
-                        let _ = std::fs::rename(&from, self.opts.quarantine_dir.join(f.file.as_str()));
-                    }
-                    quarantined.push(lsn);
+                Err(ApplyError::Lake(e)) => {
+                    self.heal(writer);
+                    return Err(e.into());
                 }
-                Err(ApplyError::Lake(e)) => return Err(e.into()),
+                Err(ApplyError::Rejected { lsns, reason }) => {
+                    writer.probe()?;
+                    if lsns.len() > 1 {
+                        isolate.extend(lsns);
+                        continue;
+                    }
+                    (lsns[0], reason)
+                }
+                Err(ApplyError::Broken { lsns, error }) => {
+                    tracing::error!(account = %self.opts.metrics_label, error = %error,
+                        "the lake writer's DuckDB instance broke; reopening it");
+                    *writer = self.open_writer()?;
+                    writer.probe()?;
+                    let culprit = match lsns.as_slice() {
+                        [one] if broke_once.contains(one) => *one,
+                        _ => {
+                            broke_once.extend(lsns.iter().copied());
+                            isolate.extend(lsns);
+                            continue;
+                        }
+                    };
+                    (culprit, format!("the record breaks the lake writer: {error}"))
+                }
+            };
+            let (lsn, reason) = blamed;
+            let idx = records.iter().position(|(l, _)| *l == lsn).expect("blamed record is in the slice");
+            let (lsn, rec) = records.remove(idx);
+            let (_, payload) = rec.encode();
+            self.quarantine(lsn, Some(rec.table().as_str()), &payload, &reason)?;
+            if let LogRecord::StagedFile(f) = &rec {
+                let from = self.opts.staged_dir.join(f.file.as_str());
+                let _ = std::fs::rename(&from, self.opts.quarantine_dir.join(f.file.as_str()));
+            }
+            quarantined.push(lsn);
+        }
+    }
+
+    /// Reopens the writer when its instance no longer answers (DuckDB
+    /// invalidates an instance after an internal error, at a commit or in
+    /// maintenance as well): retries then start from a working instance.
+    fn heal(&self, writer: &mut LakeWriter) {
+        if let Err(e) = writer.probe() {
+            let msg = e.to_string();
+            if msg.contains("invalidated") || msg.contains("INTERNAL") || msg.contains("FATAL") {
+                tracing::error!(account = %self.opts.metrics_label, error = %msg, "reopening the lake writer");
+                match self.open_writer() {
+                    Ok(w) => *writer = w,
+                    Err(e) => tracing::warn!(account = %self.opts.metrics_label, error = %e, "reopening failed"),
+                }
             }
         }
+    }
+
+    fn open_writer(&self) -> Result<LakeWriter, CompactorError> {
+        let (ext, settings, location) = &self.lake;
+        Ok(LakeWriter::open(ext, settings, location, &self.opts.scratch_dir, &self.opts.staged_dir)?)
+    }
+
+    /// After a quarantine the registry may hold a table or column that only
+    /// the refused record brought: rebuild it from the lake and the records
+    /// still in the log (the quarantined ones left out).
+    ///
+    /// Appends whose effects are recorded but whose records are not yet
+    /// durable are re-applied from `inflight`, read *before* the log: an
+    /// append that leaves `inflight` after that is durable, so the log read
+    /// next has it. Applying an effect twice changes nothing.
+    fn rebuild_schemas(&self, writer: &LakeWriter) -> Result<(), CompactorError> {
+        let mut schemas = self.schemas.lock().expect("schemas lock");
+        let pending: Vec<SchemaEffect> =
+            self.inflight.lock().expect("inflight lock").0.values().flatten().cloned().collect();
+        let skip = self.quarantined.lock().expect("quarantine lock").keys().copied().collect::<BTreeSet<_>>();
+        let mut rebuilt = replay_schemas(&self.wal, self.committed().lsn, writer, &self.opts, &skip, false)?;
+        for e in &pending {
+            rebuilt.replay(e);
+        }
+        *schemas = rebuilt;
+        Ok(())
     }
 
     fn advance(&self, c: Committed) {
@@ -307,24 +481,47 @@ impl AccountCompactor {
         metrics::gauge!(m::WAL_LAG_BYTES, "account" => label).set(self.wal.uncompacted_bytes() as f64);
     }
 
-    /// Keeps an unusable record's bytes for inspection, and says so loudly.
-    fn quarantine(&self, lsn: Lsn, payload: &[u8], reason: &str) -> Result<(), CompactorError> {
+    /// Keeps an unusable record's bytes and what is known of it for the
+    /// account to inspect (`<lsn>.record` and `<lsn>.json`), and says so
+    /// loudly. Both files are written before the log moves past the record.
+    fn quarantine(&self, lsn: Lsn, table: Option<&str>, payload: &[u8], reason: &str) -> Result<(), CompactorError> {
         std::fs::create_dir_all(&self.opts.quarantine_dir).map_err(CompactorError::Quarantine)?;
         let path = self.opts.quarantine_dir.join(format!("{:020}.record", lsn.get()));
         std::fs::write(&path, payload).map_err(CompactorError::Quarantine)?;
-        std::fs::write(path.with_extension("reason"), reason).map_err(CompactorError::Quarantine)?;
-        tracing::error!(account = %self.opts.metrics_label, %lsn, reason, path = %path.display(),
+        let entry = QuarantinedRecord {
+            lsn: lsn.get(),
+            table: table.map(str::to_string),
+            reason: reason.to_string(),
+            bytes: payload.len() as u64,
+            quarantined_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        };
+        let json = serde_json::to_vec_pretty(&entry).expect("a quarantine entry serializes");
+        std::fs::write(path.with_extension("json"), json).map_err(CompactorError::Quarantine)?;
+        tracing::error!(account = %self.opts.metrics_label, %lsn, table = table.unwrap_or("?"), reason,
             "record can never be applied; quarantined");
         metrics::counter!(m::QUARANTINED_RECORDS_TOTAL, "account" => self.opts.metrics_label.clone()).increment(1);
+        self.quarantined.lock().expect("quarantine lock").insert(lsn, entry);
         Ok(())
+    }
+
+    /// The records this account's lake refused, oldest first.
+    pub fn quarantined(&self) -> Vec<QuarantinedRecord> {
+        self.quarantined.lock().expect("quarantine lock").values().cloned().collect()
     }
 
     /// Runs maintenance now. Blocking; never concurrent with a flush.
     pub fn maintain_blocking(&self) -> Result<MaintenanceOutcome, CompactorError> {
-        let writer = self.writer.lock().expect("writer lock");
+        let mut writer = self.writer.lock().expect("writer lock");
         let retention = Duration::from_millis(self.opts.snapshot_retention_ms);
         let grace = Duration::from_millis(self.opts.file_cleanup_grace_ms);
-        Ok(maintenance::run(&writer, retention, grace, &self.opts.metrics_label)?)
+        let res = maintenance::run(&writer, retention, grace, &self.opts.metrics_label);
+        if res.is_err() {
+            self.heal(&mut writer);
+        }
+        Ok(res?)
     }
 
     /// Seconds since the oldest uncommitted record was appended (0 if none).
@@ -390,11 +587,110 @@ impl AccountCompactor {
     }
 }
 
+/// The largest magnitude of the integers `check.column` holds in the
+/// records for `check.table` (None when it cannot be told: refused).
+/// Rows are decoded; a staged file's footer statistics say it.
+fn largest_magnitude(
+    records: &[LogRecord],
+    staged_dir: &std::path::Path,
+    check: &crate::tables::RangeCheck,
+) -> Option<u128> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes as dt;
+    let same = |t: &TableName| t.as_str().eq_ignore_ascii_case(check.table.as_str());
+    let mut largest: u128 = 0;
+    for r in records {
+        match r {
+            LogRecord::Rows { table, ipc } if same(table) => {
+                let reader =
+                    arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc.as_ref()), None).ok()?;
+                for batch in reader {
+                    let batch = batch.ok()?;
+                    let Some((i, _)) =
+                        batch.schema().fields().iter().enumerate().find(|(_, f)| f.name() == &check.column)
+                    else {
+                        continue;
+                    };
+                    let a = batch.column(i);
+                    let m: Option<u128> = match a.data_type() {
+                        arrow::datatypes::DataType::Int64 => a
+                            .as_primitive::<dt::Int64Type>()
+                            .iter()
+                            .flatten()
+                            .map(|v| u128::from(v.unsigned_abs()))
+                            .max(),
+                        arrow::datatypes::DataType::UInt64 => {
+                            a.as_primitive::<dt::UInt64Type>().iter().flatten().map(u128::from).max()
+                        }
+                        arrow::datatypes::DataType::Int32 => a
+                            .as_primitive::<dt::Int32Type>()
+                            .iter()
+                            .flatten()
+                            .map(|v| u128::from(v.unsigned_abs()))
+                            .max(),
+                        arrow::datatypes::DataType::UInt32 => {
+                            a.as_primitive::<dt::UInt32Type>().iter().flatten().map(u128::from).max()
+                        }
+                        _ if a.null_count() == a.len() => None,
+                        _ => return None,
+                    };
+                    largest = largest.max(m.unwrap_or(0));
+                }
+            }
+            LogRecord::StagedFile(StagedFile { table, file, .. }) if same(table) => {
+                use parquet::file::reader::FileReader;
+                use parquet::file::statistics::Statistics;
+                let f = std::fs::File::open(staged_dir.join(file.as_str())).ok()?;
+                let reader = parquet::file::reader::SerializedFileReader::new(f).ok()?;
+                let meta = reader.metadata();
+                let schema = meta.file_metadata().schema_descr();
+                let Some(leaf) =
+                    (0..schema.num_columns()).find(|&i| schema.column(i).path().parts() == [check.column.clone()])
+                else {
+                    continue;
+                };
+                for rg in meta.row_groups() {
+                    let col = rg.column(leaf);
+                    if col.num_values() == 0 {
+                        continue;
+                    }
+                    let m = match col.statistics()? {
+                        Statistics::Int64(s) => {
+                            let (lo, hi) = (*s.min_opt()?, *s.max_opt()?);
+                            u128::from(lo.unsigned_abs().max(hi.unsigned_abs()))
+                        }
+                        Statistics::Int32(s) => {
+                            let (lo, hi) = (*s.min_opt()?, *s.max_opt()?);
+                            u128::from(lo.unsigned_abs().max(hi.unsigned_abs()))
+                        }
+                        _ => return None,
+                    };
+                    largest = largest.max(m);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(largest)
+}
+
 /// What a record will do to the tables' schemas.
 fn effect_of(r: &LogRecord, staged_dir: &std::path::Path) -> Result<SchemaEffect, CompactorError> {
     let bad = |why: String| CompactorError::InvalidRecord(why);
     Ok(match r {
-        LogRecord::Rows { table, ipc } => SchemaEffect::Rows(table.clone(), ipc_schema(ipc).map_err(bad)?),
+        LogRecord::Rows { table, ipc } => {
+            let schema = ipc_schema(ipc).map_err(bad)?;
+            // Every door converts its rows to what the lake keeps before
+            // logging them (crate::storable); rows that were not are
+            // refused here rather than left for the flush to refuse.
+            let plan = crate::storable::StoragePlan::new(&schema).map_err(|e| bad(e.to_string()))?;
+            if !plan.keeps_types() {
+                return Err(bad(format!(
+                    "rows of table {table} are not in the lake's types (convert them with storable::StoragePlan first)"
+                )));
+            }
+            SchemaEffect::Rows(table.clone(), schema)
+        }
         LogRecord::StagedFile(StagedFile { table, file, .. }) => {
             let path = staged_dir.join(file.as_str());
             SchemaEffect::Rows(table.clone(), parquet_schema(&path).map_err(bad)?)
@@ -423,16 +719,21 @@ fn parquet_schema(path: &std::path::Path) -> Result<SchemaRef, String> {
 /// and deletes staged files that no record above the committed LSN names
 /// (committed ones whose deletion a crash interrupted, or uploads that never
 /// reached the log).
-fn replay(
+fn replay_schemas(
     wal: &Wal,
     committed: Lsn,
     writer: &LakeWriter,
     opts: &CompactorOptions,
+    skip: &BTreeSet<Lsn>,
+    sweep_staged: bool,
 ) -> Result<TableSchemas, CompactorError> {
     let mut schemas = TableSchemas::new(writer.table_schemas()?);
     let mut referenced = std::collections::HashSet::new();
     for r in wal.read_from(committed.next())? {
         let r = r?;
+        if skip.contains(&r.lsn) {
+            continue;
+        }
         let Ok(rec) = LogRecord::decode(r.kind.0, Bytes::from(r.payload)) else { continue };
         if let LogRecord::StagedFile(f) = &rec {
             referenced.insert(f.file.as_str().to_string());
@@ -440,6 +741,11 @@ fn replay(
         if let Ok(effect) = effect_of(&rec, &opts.staged_dir) {
             schemas.replay(&effect);
         }
+    }
+    // Only at open: later, an upload may have staged a file it has not
+    // logged yet.
+    if !sweep_staged {
+        return Ok(schemas);
     }
     if let Ok(entries) = std::fs::read_dir(&opts.staged_dir) {
         for e in entries.flatten() {

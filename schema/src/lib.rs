@@ -5,8 +5,11 @@
 //! - [`TableName`]: a validated table (dataset) name.
 //! - [`LogRecord`]: the decoded record; [`LogRecord::encode`] gives the
 //!   `(kind, payload)` pair to append and [`LogRecord::decode`] reverses it.
-//! - [`prompb`], [`prompb_v2`]: Prometheus's remote write/read messages, and
-//!   [`prom_wire`]: their encoders that keep a -0.0 value.
+//! - [`prompb`], [`prompb_v2`]: Prometheus's remote write/read messages,
+//!   [`prom_wire`]: their encoders that keep a -0.0 value, and
+//!   [`prom_decode`]: remote-write bodies decoded and checked (fuzzed).
+//! - [`storable`]: the Arrow types a rows record may hold (what the lake
+//!   keeps exactly) and the documented conversions into them.
 //!
 //! Encodings (all integers little-endian):
 //!
@@ -30,7 +33,9 @@ pub mod prompb {
     include!("generated/prometheus.rs");
 }
 
+pub mod prom_decode;
 pub mod prom_wire;
+pub mod storable;
 
 /// Prometheus remote-write 2.0 messages (`io.prometheus.write.v2.*`).
 #[allow(missing_docs, clippy::all)]

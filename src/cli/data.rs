@@ -291,13 +291,20 @@ fn dataset_blocking(api: Api, account: &str, json: bool, command: DatasetCommand
             if !json {
                 println!("{:<32} {:>12} {:>14} {:>6} {:>9}", "NAME", "ROWS", "BYTES", "FILES", "SNAPSHOT");
                 for d in v.as_array().into_iter().flatten() {
+                    // serde_json's Display ignores width and alignment:
+                    // format each cell as text first.
+                    let cell = |v: &serde_json::Value| match v {
+                        serde_json::Value::Null => "-".to_string(),
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
                     println!(
                         "{:<32} {:>12} {:>14} {:>6} {:>9}",
-                        d["name"].as_str().unwrap_or(""),
-                        d["rows"],
-                        d["bytes"],
-                        d["files"],
-                        d["last_snapshot_id"]
+                        cell(&d["name"]),
+                        cell(&d["rows"]),
+                        cell(&d["bytes"]),
+                        cell(&d["files"]),
+                        cell(&d["last_snapshot_id"])
                     );
                 }
                 return Ok(());

@@ -41,6 +41,12 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let (config, meta) = super::connect(home, &FlagOverrides { host, port }).await?;
     super::require_current_schema(&meta).await?;
+    crate::server::error::set_private_paths(&[
+        &home.dir,
+        &config.storage.local_path,
+        &config.duckdb.extension_directory,
+        &config.notebooks.python_env,
+    ]);
     let extensions = Extensions::locate(&config.duckdb.extension_directory)?;
     let settings = config.duckdb.instance_settings();
     let pipelines = Arc::new(Pipelines::new(&config, extensions.clone()));

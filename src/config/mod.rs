@@ -65,6 +65,11 @@ pub struct PrometheusConfig {
     pub max_label_bytes: u32,
     /// Most samples one remote-read query returns (400 beyond).
     pub max_read_samples: u64,
+    /// A sample older than its series' newest by at most this much is
+    /// stored (out of order); older ones are refused with 400. As
+    /// Prometheus's `out_of_order_time_window`; each series keeps the value
+    /// bits of its samples in this window in memory.
+    pub out_of_order_window_ms: u64,
 }
 
 impl Default for PrometheusConfig {
@@ -75,6 +80,7 @@ impl Default for PrometheusConfig {
             max_labels_per_series: 128,
             max_label_bytes: 4096,
             max_read_samples: 5_000_000,
+            out_of_order_window_ms: 300_000,
         }
     }
 }

@@ -21,6 +21,7 @@ use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::reader::StreamDecoder;
 use bytes::Bytes;
+use duckpond_compactor::storable::StoragePlan;
 use duckpond_compactor::{AccountCompactor, CompactorError};
 use duckpond_schema::{LogRecord, TableName};
 use duckpond_wal::LsnRange;
@@ -48,6 +49,10 @@ pub struct StreamOutcome {
     pub bytes_received: u64,
     /// Log position of the last kept batch (null if none).
     pub last_lsn: Option<u64>,
+    /// The log appends of the kept batches (what a wait for the commit
+    /// checks: other writers' records lie between them).
+    #[serde(skip)]
+    pub appends: Vec<LsnRange>,
     /// Whether the kept batches are in a committed snapshot (`?wait=committed`).
     pub committed: bool,
     /// The snapshot holding them (`?wait=committed`).
@@ -77,7 +82,9 @@ where
 {
     let mut out = StreamOutcome { table: table.to_string(), ..Default::default() };
     let mut decoder = StreamDecoder::new();
+    // The schema the lake gets (crate::storable): what is logged.
     let mut schema: Option<SchemaRef> = None;
+    let mut plan: Option<StoragePlan> = None;
     let mut pending = Pending { batches: Vec::new(), rows: 0, bytes: 0 };
     let mut inflight: Option<Inflight> = None;
     // Bytes fed to the decoder since it last produced a batch: what it may
@@ -92,16 +99,34 @@ where
             undecoded += chunk.len() as u64;
             let mut buf = Buffer::from(chunk);
             while !buf.is_empty() {
-                let batch = decoder.decode(&mut buf).map_err(|e| {
+                // arrow's decoder panics on some malformed or misaligned
+                // input (a dense union's buffers in a chunk at an odd
+                // offset, seen with pyarrow's streams): a bad stream, not
+                // a server error.
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.decode(&mut buf)))
+                    .unwrap_or_else(|_| {
+                        Err(arrow::error::ArrowError::IpcError("the decoder could not read this message".into()))
+                    });
+                let batch = step.map_err(|e| {
                     ApiError::BadRequest(format!("invalid Arrow IPC stream after {decoded} complete batches: {e}"))
                 })?;
                 if schema.is_none() {
                     if let Some(s) = decoder.schema() {
-                        pipeline.check_rows(&table, s.clone()).map_err(|c| ApiError::Conflict(c.to_string()))?;
-                        schema = Some(s);
+                        let p = StoragePlan::new(&s).map_err(|e| {
+                            ApiError::BadRequest(format!("the stream's schema cannot be stored exactly: {e}"))
+                        })?;
+                        let target = p.target().clone();
+                        pipeline.check_rows(&table, target.clone()).map_err(|c| ApiError::Conflict(c.to_string()))?;
+                        schema = Some(target);
+                        plan = Some(p);
                     }
                 }
                 if let Some(batch) = batch {
+                    let batch = plan.as_ref().expect("a batch implies a schema").apply(&batch).map_err(|e| {
+                        ApiError::BadRequest(format!(
+                            "batch {decoded} of the stream cannot be stored exactly (batches before it are kept): {e}"
+                        ))
+                    })?;
                     // Its size on the wire (batches may share one buffer, so
                     // their in-memory sizes would overcount).
                     pending.bytes += (undecoded - buf.len() as u64) as usize;
@@ -186,5 +211,6 @@ async fn finish_inflight(inflight: &mut Option<Inflight>, out: &mut StreamOutcom
     out.batches_kept += batches;
     out.rows_kept += rows;
     out.last_lsn = Some(range.last.get());
+    out.appends.push(range);
     Ok(())
 }

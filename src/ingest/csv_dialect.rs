@@ -27,6 +27,54 @@ pub const SNIFF_HEAD_BYTES: usize = 4 * 1024 * 1024;
 /// not trusted.
 const FIRST_LINE_DELIMITERS: [char; 4] = [',', ';', '\t', '|'];
 
+/// The character encoding of a CSV upload: the ones DuckDB 1.5.5's
+/// `read_csv` decodes without an extension (its `encoding` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encoding {
+    /// UTF-8 (the default; a byte-order mark is allowed).
+    #[default]
+    Utf8,
+    /// UTF-16 (either byte order, told by its byte-order mark).
+    Utf16,
+    /// ISO-8859-1.
+    Latin1,
+}
+
+impl Encoding {
+    /// From `?encoding=` (case-insensitive; `utf-8`, `utf8`, `utf-16`,
+    /// `utf16`, `latin-1`, `latin1`, `iso-8859-1`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "utf-8" | "utf8" => Encoding::Utf8,
+            "utf-16" | "utf16" => Encoding::Utf16,
+            "latin-1" | "latin1" | "iso-8859-1" | "iso8859-1" => Encoding::Latin1,
+            _ => return None,
+        })
+    }
+
+    /// What a body's first bytes say: a UTF-16 byte-order mark means UTF-16.
+    pub fn detect(head: &[u8]) -> Option<Self> {
+        (head.starts_with(&[0xff, 0xfe]) || head.starts_with(&[0xfe, 0xff])).then_some(Encoding::Utf16)
+    }
+
+    /// DuckDB's name of it.
+    pub fn duckdb_name(self) -> &'static str {
+        match self {
+            Encoding::Utf8 => "utf-8",
+            Encoding::Utf16 => "utf-16",
+            Encoding::Latin1 => "latin-1",
+        }
+    }
+
+    /// The `read_csv` / `sniff_csv` option, empty for the default.
+    fn option(self) -> String {
+        match self {
+            Encoding::Utf8 => String::new(),
+            other => format!(", encoding = {}", sql_string(other.duckdb_name())),
+        }
+    }
+}
+
 /// What DuckDB's sniffer made of the head of a CSV body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dialect {
@@ -45,11 +93,12 @@ pub struct Dialect {
 /// Sniffs the dialect of `head` (the body's first bytes) by writing it to
 /// `head_path` for `sniff_csv`; the file is deleted again. On an error the
 /// full read reports its own.
-pub fn sniff(conn: &duckdb::Connection, head_path: &Path, head: &[u8]) -> anyhow::Result<Dialect> {
+pub fn sniff(conn: &duckdb::Connection, head_path: &Path, head: &[u8], encoding: Encoding) -> anyhow::Result<Dialect> {
     let sniffed = std::fs::write(head_path, head).map_err(anyhow::Error::from).and_then(|()| {
         let sql = format!(
-            "SELECT Delimiter, Quote, Escape, Comment, HasHeader, SkipRows, len(Columns) FROM sniff_csv({})",
-            sql_string(&head_path.display().to_string())
+            "SELECT Delimiter, Quote, Escape, Comment, HasHeader, SkipRows, len(Columns) FROM sniff_csv({}{})",
+            sql_string(&head_path.display().to_string()),
+            encoding.option()
         );
         Ok(conn.query_row(&sql, [], |r| {
             Ok(Dialect {
@@ -70,8 +119,8 @@ pub fn sniff(conn: &duckdb::Connection, head_path: &Path, head: &[u8]) -> anyhow
 
 /// The `read_csv` call that reads `src`, given what was sniffed from its
 /// head (None: not sniffed).
-pub fn reader(src: &Path, dialect: Option<&Dialect>) -> String {
-    let path = sql_string(&src.display().to_string());
+pub fn reader(src: &Path, dialect: Option<&Dialect>, encoding: Encoding) -> String {
+    let path = format!("{}{}", sql_string(&src.display().to_string()), encoding.option());
     match dialect {
         // The sniffer explained the file away; a first line with a delimiter
         // says how it was meant to be read.
@@ -96,6 +145,19 @@ pub fn reader(src: &Path, dialect: Option<&Dialect>) -> String {
         ),
         None => format!("read_csv({path}, strict_mode = true)"),
     }
+}
+
+/// [`reader`] with the named columns read as the given DuckDB types
+/// (`types = {...}`), the rest sniffed as before.
+pub fn reader_with_types(
+    src: &Path,
+    dialect: Option<&Dialect>,
+    encoding: Encoding,
+    types: &[(String, String)],
+) -> String {
+    let base = reader(src, dialect, encoding);
+    let map: Vec<String> = types.iter().map(|(c, t)| format!("{}: {}", sql_string(c), sql_string(t))).collect();
+    format!("{}, types = {{{}}})", base.trim_end_matches(')'), map.join(", "))
 }
 
 /// The first `bytes` of a body, cut after its last line end when the body
@@ -161,17 +223,24 @@ mod tests {
         };
         let src = Path::new("/in/it's.csv");
         assert_eq!(
-            reader(src, Some(&sniffed)),
+            reader(src, Some(&sniffed), Encoding::Utf8),
             "read_csv('/in/it''s.csv', delim = ';', quote = '\"', escape = '''', comment = '', skip = 0, \
              header = true, strict_mode = true)"
         );
         let explained_away = Dialect { skipped_rows: 1, ..sniffed.clone() };
         assert_eq!(
-            reader(src, Some(&explained_away)),
+            reader(src, Some(&explained_away), Encoding::Utf8),
             "read_csv('/in/it''s.csv', delim = ';', skip = 0, header = true, strict_mode = true)"
         );
         let one_column = Dialect { columns: 1, first_line_delimiter: None, ..sniffed };
-        assert_eq!(reader(src, Some(&one_column)), "read_csv('/in/it''s.csv', strict_mode = true)");
-        assert_eq!(reader(src, None), "read_csv('/in/it''s.csv', strict_mode = true)");
+        assert_eq!(reader(src, Some(&one_column), Encoding::Utf8), "read_csv('/in/it''s.csv', strict_mode = true)");
+        assert_eq!(reader(src, None, Encoding::Utf8), "read_csv('/in/it''s.csv', strict_mode = true)");
+        assert_eq!(
+            reader(src, None, Encoding::Latin1),
+            "read_csv('/in/it''s.csv', encoding = 'latin-1', strict_mode = true)"
+        );
+        assert_eq!(Encoding::detect(&[0xff, 0xfe, b'a', 0]), Some(Encoding::Utf16));
+        assert_eq!(Encoding::detect(b"a,b"), None);
+        assert_eq!(Encoding::parse("ISO-8859-1"), Some(Encoding::Latin1));
     }
 }

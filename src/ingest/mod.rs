@@ -6,6 +6,8 @@
 //!   Parquet by DuckDB, and logged as a staged-file record.
 //! - [`csv_dialect`]: how a CSV upload is read (its dialect sniffed from
 //!   the head of the body while the rest arrives).
+//! - [`upload_types`]: what DuckDB's reading of an upload becomes in the
+//!   lake (converted by a documented rule, or refused).
 //! - [`arrow_stream`]: an Arrow IPC stream decoded incrementally and logged
 //!   in records of bounded size.
 //! - [`prometheus`]: remote write 1.0/2.0 decoded, validated, de-duplicated
@@ -21,6 +23,7 @@ pub mod csv_dialect;
 pub mod prometheus;
 pub mod rate;
 pub mod upload;
+pub mod upload_types;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;

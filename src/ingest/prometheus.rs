@@ -14,13 +14,25 @@
 //! and the view `prometheus_samples(metric_name, labels, timestamp, value)`
 //! (stale markers left out). A series row is written once per series.
 //!
-//! Idempotence: per account and series the newest stored timestamp is
-//! known; a sample (histogram, exemplar) at or before it is a duplicate and
-//! is not written again, so a resent request stores nothing twice. The
-//! account's Prometheus writes hold one lock across check and log append, so
-//! two copies of one request cannot both pass. Duplicates are counted
-//! (`duckpond_prometheus_duplicates_total`, and the v2 `*-Written` headers
-//! say what was written).
+//! Ordering, as Prometheus's own TSDB (2.39+, `out_of_order_time_window`)
+//! decides it, per series: a sample newer than the series' newest is
+//! stored; one older than the newest but within
+//! `prometheus.out_of_order_window_ms` of it is stored too (out of order,
+//! counted); one older than that is refused with 400 "too old" naming the
+//! series. A sample at a timestamp the series already has (stored, or
+//! earlier in the same request) is a duplicate when its value is the same
+//! bit for bit (not written again, 204, counted: so a resent request stores
+//! nothing twice) and refused with 400 when it differs. A refused sample
+//! refuses the whole request: nothing of it is logged (Prometheus does not
+//! retry a 400, and a 2xx never covers a partial write). Native histograms
+//! follow the same rules; exemplars older than the series' newest exemplar
+//! are dropped, as Prometheus does.
+//!
+//! The checks cost per series, not per stored sample: each series keeps
+//! its newest timestamp and the value bits of its samples inside the
+//! window in memory (loaded from the lake on the account's first write).
+//! The account's Prometheus writes hold one lock across check and log
+//! append, so two copies of one request cannot both pass.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,8 +42,8 @@ use arrow::array::{
     RecordBatch, StringBuilder, UInt32Builder, UInt64Builder,
 };
 use bytes::Bytes;
-use duckpond_schema::{prompb, prompb_v2, DatasetCommand, LogRecord, TableName};
-use prost::Message;
+pub use duckpond_schema::prom_decode::{decode, DecodeError, Decoded, Hist, Limits, Meta, Protocol, SeriesData};
+use duckpond_schema::{DatasetCommand, LogRecord, TableName};
 
 /// Bits of Prometheus's stale marker (a NaN).
 pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
@@ -54,343 +66,111 @@ pub const SAMPLES_VIEW_SQL: &str =
      FROM prom_samples v JOIN (SELECT series_id, any_value(metric_name) AS metric_name, any_value(labels) AS labels \
      FROM prom_series GROUP BY series_id) s USING (series_id) WHERE NOT v.stale";
 
-/// Which protocol a request speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// `prometheus.WriteRequest`.
-    V1,
-    /// `io.prometheus.write.v2.Request`.
-    V2,
+/// One series' recent past: its newest timestamp and, for every stored
+/// timestamp inside the out-of-order window below it, a fingerprint of the
+/// value (a sample's bits, a histogram's hash; None when unknown, as for
+/// histograms loaded from the lake).
+#[derive(Debug, Clone, Default)]
+pub struct Recent {
+    newest: Option<i64>,
+    /// (timestamp, fingerprint), sorted by timestamp, all within the window.
+    window: Vec<(i64, Option<u64>)>,
 }
 
-impl Protocol {
-    /// From Content-Type, as the 2.0 spec says: bare `application/x-protobuf`
-    /// or `proto=prometheus.WriteRequest` is 1.0. None: unsupported (415).
-    pub fn from_content_type(ct: &str) -> Option<Self> {
-        let mut parts = ct.split(';').map(str::trim);
-        if !parts.next()?.eq_ignore_ascii_case("application/x-protobuf") {
-            return None;
+/// What checking one sample against a series' past says.
+enum Verdict {
+    /// Newer than anything, or inside the window at a free timestamp.
+    Store { in_order: bool },
+    /// The same value at a timestamp the series has.
+    Duplicate,
+}
+
+impl Recent {
+    /// Checks a sample (timestamp, fingerprint) against the series' past.
+    fn check(&self, ts: i64, fp: Option<u64>, window_ms: i64) -> Result<Verdict, (i64, bool)> {
+        let Some(newest) = self.newest else { return Ok(Verdict::Store { in_order: true }) };
+        if ts > newest {
+            return Ok(Verdict::Store { in_order: true });
         }
-        let proto = parts.find_map(|p| p.strip_prefix("proto="));
-        match proto {
-            None | Some("prometheus.WriteRequest") => Some(Protocol::V1),
-            Some("io.prometheus.write.v2.Request") => Some(Protocol::V2),
-            Some(_) => None,
+        if let Ok(i) = self.window.binary_search_by_key(&ts, |e| e.0) {
+            // An unknown fingerprint (loaded from the lake) cannot be
+            // compared: taken as the same value.
+            return match (self.window[i].1, fp) {
+                (Some(a), Some(b)) if a != b => Err((newest, true)),
+                _ => Ok(Verdict::Duplicate),
+            };
         }
+        if ts < newest.saturating_sub(window_ms) {
+            return Err((newest, false));
+        }
+        Ok(Verdict::Store { in_order: false })
     }
-}
 
-/// Limits of one request.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Largest decoded (uncompressed) body.
-    pub max_decoded_bytes: u64,
-    /// Most labels on one series.
-    pub max_labels_per_series: usize,
-    /// Longest label name or value.
-    pub max_label_bytes: usize,
+    /// Records a stored sample and drops what fell out of the window.
+    fn record(&mut self, ts: i64, fp: Option<u64>, window_ms: i64) {
+        match self.window.binary_search_by_key(&ts, |e| e.0) {
+            Ok(_) => return,
+            Err(i) => self.window.insert(i, (ts, fp)),
+        }
+        let newest = self.newest.map_or(ts, |n| n.max(ts));
+        self.newest = Some(newest);
+        let low = newest.saturating_sub(window_ms);
+        let cut = self.window.partition_point(|e| e.0 < low);
+        self.window.drain(..cut);
+    }
 }
 
 /// Why a request is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PromError {
-    /// Malformed: bad snappy, bad protobuf, bad labels, unordered samples (400).
+    /// Malformed: bad snappy, bad protobuf, bad labels (400).
     #[error("{0}")]
     Invalid(String),
+    /// A sample older than its series' out-of-order window allows (400).
+    #[error("sample of series {series} at {timestamp_ms} ms is too old: the series has samples up to {newest_ms} ms and the out-of-order window is {window_ms} ms (prometheus.out_of_order_window_ms)")]
+    TooOld {
+        /// The series, as `metric{labels}`.
+        series: String,
+        /// The sample's timestamp.
+        timestamp_ms: i64,
+        /// The series' newest timestamp.
+        newest_ms: i64,
+        /// The window.
+        window_ms: i64,
+    },
+    /// A second, different value at a timestamp the series has (400).
+    #[error("series {series} already has a different {what} at {timestamp_ms} ms (a changed value for a stored timestamp is refused)")]
+    ChangedValue {
+        /// The series, as `metric{labels}`.
+        series: String,
+        /// "sample" or "histogram".
+        what: &'static str,
+        /// The timestamp.
+        timestamp_ms: i64,
+    },
     /// Decoded body over the limit (413).
     #[error("{0}")]
     TooLarge(String),
 }
 
-/// A native histogram, protocol-independent.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Hist {
-    timestamp_ms: i64,
-    count_int: Option<u64>,
-    count_float: Option<f64>,
-    sum: f64,
-    schema: i32,
-    zero_threshold: f64,
-    zero_count_int: Option<u64>,
-    zero_count_float: Option<f64>,
-    negative_spans: Vec<(i32, u32)>,
-    negative_deltas: Vec<i64>,
-    negative_counts: Vec<f64>,
-    positive_spans: Vec<(i32, u32)>,
-    positive_deltas: Vec<i64>,
-    positive_counts: Vec<f64>,
-    reset_hint: i32,
-    custom_values: Vec<f64>,
-}
-
-/// Sorted label pairs.
-pub type Labels = Vec<(String, String)>;
-
-/// An exemplar: timestamp ms, value, its labels.
-type Exemplar = (i64, f64, Labels);
-
-/// Per series, the newest sample, histogram and exemplar a plan writes.
-type Newest = (u64, Option<i64>, Option<i64>, Option<i64>);
-
-/// One series of a request with everything it carries.
-#[derive(Debug, Clone, Default)]
-pub struct SeriesData {
-    /// Stable id of the label set.
-    pub id: u64,
-    /// `__name__`.
-    pub metric: String,
-    /// The other labels, sorted.
-    pub labels: Vec<(String, String)>,
-    /// (timestamp ms, value).
-    pub samples: Vec<(i64, f64)>,
-    histograms: Vec<Hist>,
-    exemplars: Vec<Exemplar>,
-}
-
-/// Metric metadata.
-#[derive(Debug, Clone)]
-pub struct Meta {
-    family: String,
-    kind: String,
-    help: String,
-    unit: String,
-}
-
-/// A decoded, validated request.
-#[derive(Debug, Default)]
-pub struct Decoded {
-    /// Its series.
-    pub series: Vec<SeriesData>,
-    /// Its metadata.
-    pub metadata: Vec<Meta>,
-}
-
-impl Decoded {
-    /// (samples, histograms, exemplars) in the request.
-    #[cfg(test)]
-    pub fn counts(&self) -> (u64, u64, u64) {
-        self.series.iter().fold((0, 0, 0), |(s, h, e), d| {
-            (s + d.samples.len() as u64, h + d.histograms.len() as u64, e + d.exemplars.len() as u64)
-        })
-    }
-}
-
-/// Stable 64-bit id of a sorted label set (FNV-1a over name, 0xff, value,
-/// 0xff): the same labels give the same id in every process and version.
-pub fn series_id(metric: &str, labels: &[(String, String)]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |b: &[u8]| {
-        for x in b.iter().chain(std::iter::once(&0xffu8)) {
-            h ^= u64::from(*x);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    feed(b"__name__");
-    feed(metric.as_bytes());
-    for (n, v) in labels {
-        feed(n.as_bytes());
-        feed(v.as_bytes());
-    }
-    h
-}
-
-/// Snappy-decodes (block format) and decodes `body`, then validates it.
-pub fn decode(body: &[u8], proto: Protocol, limits: &Limits) -> Result<Decoded, PromError> {
-    let len = snap::raw::decompress_len(body)
-        .map_err(|e| PromError::Invalid(format!("body is not snappy block-compressed: {e}")))?;
-    if len as u64 > limits.max_decoded_bytes {
-        return Err(PromError::TooLarge(format!(
-            "decoded body of {len} bytes exceeds {} bytes (prometheus.max_decoded_bytes)",
-            limits.max_decoded_bytes
-        )));
-    }
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| PromError::Invalid(format!("body is not snappy block-compressed: {e}")))?;
-    match proto {
-        Protocol::V1 => {
-            let req = prompb::WriteRequest::decode(raw.as_slice())
-                .map_err(|e| PromError::Invalid(format!("not a prometheus.WriteRequest: {e}")))?;
-            from_v1(req, limits)
-        }
-        Protocol::V2 => {
-            let req = prompb_v2::Request::decode(raw.as_slice())
-                .map_err(|e| PromError::Invalid(format!("not an io.prometheus.write.v2.Request: {e}")))?;
-            from_v2(req, limits)
+impl From<DecodeError> for PromError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Invalid(m) => PromError::Invalid(m),
+            DecodeError::TooLarge(m) => PromError::TooLarge(m),
         }
     }
 }
 
-/// Checks a series' labels and splits off `__name__`.
-fn check_labels(pairs: Vec<(String, String)>, limits: &Limits) -> Result<(String, Vec<(String, String)>), PromError> {
-    let bad = |m: String| Err(PromError::Invalid(m));
-    if pairs.len() > limits.max_labels_per_series {
-        return bad(format!(
-            "a series has {} labels, more than {} (prometheus.max_labels_per_series)",
-            pairs.len(),
-            limits.max_labels_per_series
-        ));
-    }
-    for (i, (n, v)) in pairs.iter().enumerate() {
-        if n.is_empty() {
-            return bad("a label name is empty".into());
-        }
-        if v.is_empty() {
-            return bad(format!("label {n:?} has an empty value"));
-        }
-        if n.len() > limits.max_label_bytes || v.len() > limits.max_label_bytes {
-            return bad(format!("label {n:?} is longer than {} bytes", limits.max_label_bytes));
-        }
-        if i > 0 && pairs[i - 1].0 >= *n {
-            return bad(format!("labels are not sorted and unique at {n:?}"));
-        }
-    }
-    let mut metric = None;
-    let mut rest = Vec::with_capacity(pairs.len().saturating_sub(1));
-    for (n, v) in pairs {
-        if n == "__name__" {
-            metric = Some(v);
-        } else {
-            rest.push((n, v));
-        }
-    }
-    let metric = metric.ok_or_else(|| PromError::Invalid("a series has no __name__ label".into()))?;
-    Ok((metric, rest))
-}
-
-fn check_order(what: &str, metric: &str, ts: impl Iterator<Item = i64>) -> Result<(), PromError> {
-    let mut last = i64::MIN;
-    for t in ts {
-        if t <= last {
-            return Err(PromError::Invalid(format!("{what} of {metric} are not in increasing timestamp order")));
-        }
-        last = t;
-    }
-    Ok(())
-}
-
-fn from_v1(req: prompb::WriteRequest, limits: &Limits) -> Result<Decoded, PromError> {
-    let mut out = Decoded::default();
-    for ts in req.timeseries {
-        let (metric, labels) = check_labels(ts.labels.into_iter().map(|l| (l.name, l.value)).collect(), limits)?;
-        check_order("samples", &metric, ts.samples.iter().map(|s| s.timestamp))?;
-        check_order("histograms", &metric, ts.histograms.iter().map(|h| h.timestamp))?;
-        let exemplars = ts
-            .exemplars
-            .into_iter()
-            .map(|e| (e.timestamp, e.value, e.labels.into_iter().map(|l| (l.name, l.value)).collect()))
-            .collect();
-        out.series.push(SeriesData {
-            id: series_id(&metric, &labels),
-            samples: ts.samples.iter().map(|s| (s.timestamp, s.value)).collect(),
-            histograms: ts.histograms.into_iter().map(hist_v1).collect(),
-            exemplars,
-            metric,
-            labels,
-        });
-    }
-    for m in req.metadata {
-        let kind = prompb::metric_metadata::MetricType::try_from(m.r#type)
-            .map(|t| t.as_str_name().to_ascii_lowercase())
-            .unwrap_or_else(|_| "unknown".into());
-        out.metadata.push(Meta { family: m.metric_family_name, kind, help: m.help, unit: m.unit });
-    }
-    Ok(out)
-}
-
-fn from_v2(req: prompb_v2::Request, limits: &Limits) -> Result<Decoded, PromError> {
-    let symbols = req.symbols;
-    if symbols.first().is_some_and(|s| !s.is_empty()) {
-        return Err(PromError::Invalid("symbols[0] must be the empty string".into()));
-    }
-    let sym = |i: u32| {
-        symbols.get(i as usize).cloned().ok_or_else(|| PromError::Invalid(format!("symbol reference {i} out of range")))
-    };
-    let pairs = |refs: &[u32]| -> Result<Vec<(String, String)>, PromError> {
-        if refs.len() % 2 != 0 {
-            return Err(PromError::Invalid("labels_refs has an odd length".into()));
-        }
-        refs.chunks(2).map(|c| Ok((sym(c[0])?, sym(c[1])?))).collect()
-    };
-    let mut out = Decoded::default();
-    for ts in req.timeseries {
-        let (metric, labels) = check_labels(pairs(&ts.labels_refs)?, limits)?;
-        check_order("samples", &metric, ts.samples.iter().map(|s| s.timestamp))?;
-        check_order("histograms", &metric, ts.histograms.iter().map(|h| h.timestamp))?;
-        if let Some(m) = &ts.metadata {
-            let kind = prompb_v2::metadata::MetricType::try_from(m.r#type)
-                .map(|t| t.as_str_name().trim_start_matches("METRIC_TYPE_").to_ascii_lowercase())
-                .unwrap_or_else(|_| "unspecified".into());
-            let (help, unit) = (sym(m.help_ref)?, sym(m.unit_ref)?);
-            if kind != "unspecified" || !help.is_empty() || !unit.is_empty() {
-                out.metadata.push(Meta { family: metric.clone(), kind, help, unit });
-            }
-        }
-        let mut exemplars = Vec::with_capacity(ts.exemplars.len());
-        for e in ts.exemplars {
-            exemplars.push((e.timestamp, e.value, pairs(&e.labels_refs)?));
-        }
-        out.series.push(SeriesData {
-            id: series_id(&metric, &labels),
-            samples: ts.samples.iter().map(|s| (s.timestamp, s.value)).collect(),
-            histograms: ts.histograms.into_iter().map(hist_v2).collect(),
-            exemplars,
-            metric,
-            labels,
-        });
-    }
-    Ok(out)
-}
-
-/// The 1.0 and 2.0 histograms are the same message in two packages.
-macro_rules! hist_from {
-    ($name:ident, $msg:ty, $module:ident) => {
-        fn $name(h: $msg) -> Hist {
-            use $module::histogram::{Count, ZeroCount};
-            let (count_int, count_float) = match h.count {
-                Some(Count::CountInt(c)) => (Some(c), None),
-                Some(Count::CountFloat(c)) => (None, Some(c)),
-                None => (None, None),
-            };
-            let (zero_count_int, zero_count_float) = match h.zero_count {
-                Some(ZeroCount::ZeroCountInt(c)) => (Some(c), None),
-                Some(ZeroCount::ZeroCountFloat(c)) => (None, Some(c)),
-                None => (None, None),
-            };
-            Hist {
-                timestamp_ms: h.timestamp,
-                count_int,
-                count_float,
-                sum: h.sum,
-                schema: h.schema,
-                zero_threshold: h.zero_threshold,
-                zero_count_int,
-                zero_count_float,
-                negative_spans: h.negative_spans.iter().map(|s| (s.offset, s.length)).collect(),
-                negative_deltas: h.negative_deltas,
-                negative_counts: h.negative_counts,
-                positive_spans: h.positive_spans.iter().map(|s| (s.offset, s.length)).collect(),
-                positive_deltas: h.positive_deltas,
-                positive_counts: h.positive_counts,
-                reset_hint: h.reset_hint,
-                custom_values: h.custom_values,
-            }
-        }
-    };
-}
-
-hist_from!(hist_v1, prompb::Histogram, prompb);
-hist_from!(hist_v2, prompb_v2::Histogram, prompb_v2);
-
-/// What one account has stored, for de-duplication.
+/// What one account has stored, for the ordering and duplicate checks.
 #[derive(Debug, Default)]
 pub struct Stored {
     /// Series with a row in `prom_series`.
     pub series: HashSet<u64>,
-    /// Newest sample timestamp per series.
-    pub samples: HashMap<u64, i64>,
-    /// Newest histogram timestamp per series.
-    pub histograms: HashMap<u64, i64>,
+    /// Each series' recent samples.
+    pub samples: HashMap<u64, Recent>,
+    /// Each series' recent native histograms.
+    pub histograms: HashMap<u64, Recent>,
     /// Newest exemplar timestamp per series.
     pub exemplars: HashMap<u64, i64>,
     /// Whether the view exists (or is in the log).
@@ -398,9 +178,11 @@ pub struct Stored {
     /// Metadata tuples (family, type, help, unit) stored: metadata is
     /// resent with every batch and only written when it changes.
     pub metadata: HashSet<(String, String, String, String)>,
+    /// `prometheus.out_of_order_window_ms`.
+    pub window_ms: i64,
 }
 
-/// What a request will write, after de-duplication.
+/// What a request will write, after the checks.
 #[derive(Debug, Default)]
 pub struct Plan {
     new_metadata: Vec<(String, String, String, String)>,
@@ -408,56 +190,171 @@ pub struct Plan {
     pub records: Vec<LogRecord>,
     /// Samples, histograms, exemplars written.
     pub written: (u64, u64, u64),
-    /// Duplicates skipped.
+    /// Duplicates skipped (samples, histograms and exemplars).
     pub duplicates: u64,
+    /// Samples and histograms stored out of order (inside the window).
+    pub out_of_order: u64,
     new_series: Vec<u64>,
-    last: Vec<Newest>,
+    /// Per series, what it stores.
+    stored: Vec<SeriesWrite>,
+}
+
+/// What a plan stores of one series: samples and histograms as
+/// (timestamp, fingerprint), and the newest exemplar.
+#[derive(Debug, Default)]
+struct SeriesWrite {
+    id: u64,
+    samples: Vec<(i64, u64)>,
+    histograms: Vec<(i64, u64)>,
+    exemplar: Option<i64>,
+}
+
+/// The columns of `prom_histograms` that [`histogram_of_row`] reads, in
+/// its order.
+pub const HISTOGRAM_COLUMNS: &str = "series_id, timestamp_ms, count_int, count_float, sum, schema, zero_threshold, \
+     zero_count_int, zero_count_float, negative_span_offsets, negative_span_lengths, negative_deltas, \
+     negative_counts, positive_span_offsets, positive_span_lengths, positive_deltas, positive_counts, reset_hint, \
+     custom_values";
+
+/// A stored histogram back from a row of [`HISTOGRAM_COLUMNS`] (as DuckDB
+/// hands it over in Arrow): its series and the histogram as written.
+pub fn histogram_of_row(b: &RecordBatch, i: usize) -> Option<(u64, Hist)> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes as dt;
+    let c = |k: usize| b.column(k);
+    let opt_u64 = |k: usize| {
+        let a = c(k).as_primitive_opt::<dt::UInt64Type>()?;
+        Some(a.is_valid(i).then(|| a.value(i)))
+    };
+    let opt_f64 = |k: usize| {
+        let a = c(k).as_primitive_opt::<dt::Float64Type>()?;
+        Some(a.is_valid(i).then(|| a.value(i)))
+    };
+    fn list<T: dt::ArrowPrimitiveType>(a: &dyn Array, i: usize) -> Option<Vec<T::Native>> {
+        let l = a.as_list_opt::<i32>()?;
+        if l.is_null(i) {
+            return Some(Vec::new());
+        }
+        Some(l.value(i).as_primitive_opt::<T>()?.values().to_vec())
+    }
+    let spans = |off: usize, len: usize| -> Option<Vec<(i32, u32)>> {
+        let o = list::<dt::Int32Type>(c(off).as_ref(), i)?;
+        let l = list::<dt::UInt32Type>(c(len).as_ref(), i)?;
+        Some(o.into_iter().zip(l).collect())
+    };
+    let id = c(0).as_primitive_opt::<dt::UInt64Type>()?.value(i);
+    let h = Hist {
+        timestamp_ms: c(1).as_primitive_opt::<dt::Int64Type>()?.value(i),
+        count_int: opt_u64(2)?,
+        count_float: opt_f64(3)?,
+        sum: c(4).as_primitive_opt::<dt::Float64Type>()?.value(i),
+        schema: c(5).as_primitive_opt::<dt::Int32Type>()?.value(i),
+        zero_threshold: c(6).as_primitive_opt::<dt::Float64Type>()?.value(i),
+        zero_count_int: opt_u64(7)?,
+        zero_count_float: opt_f64(8)?,
+        negative_spans: spans(9, 10)?,
+        negative_deltas: list::<dt::Int64Type>(c(11).as_ref(), i)?,
+        negative_counts: list::<dt::Float64Type>(c(12).as_ref(), i)?,
+        positive_spans: spans(13, 14)?,
+        positive_deltas: list::<dt::Int64Type>(c(15).as_ref(), i)?,
+        positive_counts: list::<dt::Float64Type>(c(16).as_ref(), i)?,
+        reset_hint: i32::from(c(17).as_primitive_opt::<dt::Int8Type>()?.value(i)),
+        custom_values: list::<dt::Float64Type>(c(18).as_ref(), i)?,
+    };
+    Some((id, h))
+}
+
+/// A fingerprint of a histogram's content (for "same value" at a timestamp).
+fn hist_fingerprint(h: &Hist) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut s = std::collections::hash_map::DefaultHasher::new();
+    let f = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    (h.count_int, h.count_float.map(f64::to_bits), h.sum.to_bits(), h.schema, h.zero_threshold.to_bits()).hash(&mut s);
+    (h.zero_count_int, h.zero_count_float.map(f64::to_bits), &h.negative_spans, &h.negative_deltas).hash(&mut s);
+    (f(&h.negative_counts), &h.positive_spans, &h.positive_deltas, f(&h.positive_counts)).hash(&mut s);
+    (h.reset_hint, f(&h.custom_values)).hash(&mut s);
+    s.finish()
+}
+
+fn series_text(s: &SeriesData) -> String {
+    let labels: Vec<String> = s.labels.iter().map(|(n, v)| format!("{n}={v:?}")).collect();
+    format!("{}{{{}}}", s.metric, labels.join(", "))
 }
 
 impl Stored {
-    /// Plans `req` against what is stored; nothing changes until [`Stored::commit`].
+    /// Plans `req` against what is stored; nothing changes until
+    /// [`Stored::commit`]. Any sample the ordering rules refuse refuses the
+    /// request.
     pub fn plan(&self, req: &Decoded, now_ms: i64) -> Result<Plan, PromError> {
         let mut plan = Plan::default();
         let mut t = Tables::default();
+        let window = self.window_ms;
+        // A series may appear more than once in a request: its past grows
+        // with what the request already planned for it.
+        let mut seen: HashMap<u64, (Recent, Recent, i64)> = HashMap::new();
         for s in &req.series {
-            let keep_after = |m: &HashMap<u64, i64>| m.get(&s.id).copied().unwrap_or(i64::MIN);
-            let (ls, lh, le) = (keep_after(&self.samples), keep_after(&self.histograms), keep_after(&self.exemplars));
-            let mut last = (s.id, None, None, None);
-            for &(ts, v) in &s.samples {
-                if ts <= ls {
-                    plan.duplicates += 1;
-                    continue;
+            let (mut rs, mut rh, mut le) = seen.remove(&s.id).unwrap_or_else(|| {
+                (
+                    self.samples.get(&s.id).cloned().unwrap_or_default(),
+                    self.histograms.get(&s.id).cloned().unwrap_or_default(),
+                    self.exemplars.get(&s.id).copied().unwrap_or(i64::MIN),
+                )
+            });
+            let refuse = |ts: i64, (newest, changed): (i64, bool), what: &'static str| {
+                if changed {
+                    PromError::ChangedValue { series: series_text(s), what, timestamp_ms: ts }
+                } else {
+                    PromError::TooOld { series: series_text(s), timestamp_ms: ts, newest_ms: newest, window_ms: window }
                 }
-                t.sample(s.id, ts, v);
-                plan.written.0 += 1;
-                last.1 = Some(ts);
-            }
-            for h in &s.histograms {
-                if h.timestamp_ms <= lh {
-                    plan.duplicates += 1;
-                    continue;
+            };
+            let mut stored = SeriesWrite { id: s.id, ..Default::default() };
+            let mut samples: Vec<(i64, f64)> = s.samples.clone();
+            samples.sort_by_key(|x| x.0);
+            for (ts, v) in samples {
+                let fp = v.to_bits();
+                match rs.check(ts, Some(fp), window).map_err(|e| refuse(ts, e, "sample"))? {
+                    Verdict::Duplicate => plan.duplicates += 1,
+                    Verdict::Store { in_order } => {
+                        plan.out_of_order += u64::from(!in_order);
+                        t.sample(s.id, ts, v);
+                        plan.written.0 += 1;
+                        rs.record(ts, Some(fp), window);
+                        stored.samples.push((ts, fp));
+                    }
                 }
-                t.histogram(s.id, h);
-                plan.written.1 += 1;
-                last.2 = Some(h.timestamp_ms);
             }
-            let mut last_ex = le;
+            let mut hists: Vec<&Hist> = s.histograms.iter().collect();
+            hists.sort_by_key(|h| h.timestamp_ms);
+            for h in hists {
+                let fp = hist_fingerprint(h);
+                match rh.check(h.timestamp_ms, Some(fp), window).map_err(|e| refuse(h.timestamp_ms, e, "histogram"))? {
+                    Verdict::Duplicate => plan.duplicates += 1,
+                    Verdict::Store { in_order } => {
+                        plan.out_of_order += u64::from(!in_order);
+                        t.histogram(s.id, h);
+                        plan.written.1 += 1;
+                        rh.record(h.timestamp_ms, Some(fp), window);
+                        stored.histograms.push((h.timestamp_ms, fp));
+                    }
+                }
+            }
             for (ts, v, labels) in &s.exemplars {
-                if *ts <= last_ex {
+                if *ts <= le {
                     plan.duplicates += 1;
                     continue;
                 }
                 t.exemplar(s.id, *ts, *v, labels);
                 plan.written.2 += 1;
-                last_ex = *ts;
-                last.3 = Some(*ts);
+                le = *ts;
+                stored.exemplar = Some(*ts);
             }
-            let has_data = last.1.is_some() || last.2.is_some() || last.3.is_some();
+            let has_data = !stored.samples.is_empty() || !stored.histograms.is_empty() || stored.exemplar.is_some();
             if has_data && !self.series.contains(&s.id) && !plan.new_series.contains(&s.id) {
                 t.series(s, now_ms);
                 plan.new_series.push(s.id);
             }
-            plan.last.push(last);
+            plan.stored.push(stored);
+            seen.insert(s.id, (rs, rh, le));
         }
         for m in &req.metadata {
             let key = (m.family.clone(), m.kind.clone(), m.help.clone(), m.unit.clone());
@@ -480,19 +377,40 @@ impl Stored {
         Ok(plan)
     }
 
+    /// Records a sample loaded from the lake (at start).
+    pub fn load_sample(&mut self, series: u64, ts: i64, bits: u64) {
+        self.samples.entry(series).or_default().record(ts, Some(bits), self.window_ms);
+    }
+
+    /// Records a histogram timestamp loaded from the lake whose content did
+    /// not read back: a resend at it counts as a duplicate.
+    pub fn load_histogram_unknown(&mut self, series: u64, ts: i64) {
+        self.histograms.entry(series).or_default().record(ts, None, self.window_ms);
+    }
+
+    /// Records a histogram loaded from the lake (its content is compared
+    /// with a resend at its timestamp).
+    pub fn load_histogram(&mut self, series: u64, h: &Hist) {
+        self.histograms.entry(series).or_default().record(h.timestamp_ms, Some(hist_fingerprint(h)), self.window_ms);
+    }
+
     /// Records a plan whose records are durably logged.
     pub fn commit(&mut self, plan: &Plan) {
         self.series.extend(plan.new_series.iter().copied());
         self.metadata.extend(plan.new_metadata.iter().cloned());
-        for (id, s, h, e) in &plan.last {
-            if let Some(t) = s {
-                self.samples.insert(*id, *t);
+        let window = self.window_ms;
+        for w in &plan.stored {
+            if !w.samples.is_empty() {
+                let r = self.samples.entry(w.id).or_default();
+                w.samples.iter().for_each(|&(ts, fp)| r.record(ts, Some(fp), window));
             }
-            if let Some(t) = h {
-                self.histograms.insert(*id, *t);
+            if !w.histograms.is_empty() {
+                let r = self.histograms.entry(w.id).or_default();
+                w.histograms.iter().for_each(|&(ts, fp)| r.record(ts, Some(fp), window));
             }
-            if let Some(t) = e {
-                self.exemplars.insert(*id, *t);
+            if let Some(t) = w.exemplar {
+                let e = self.exemplars.entry(w.id).or_insert(i64::MIN);
+                *e = (*e).max(t);
             }
         }
         if plan.records.iter().any(|r| matches!(r, LogRecord::Command(DatasetCommand::View { .. }))) {
@@ -741,6 +659,7 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use duckpond_schema::prompb;
 
     const LIMITS: Limits = Limits { max_decoded_bytes: 1 << 20, max_labels_per_series: 8, max_label_bytes: 64 };
 
@@ -748,8 +667,12 @@ mod tests {
         prompb::Label { name: n.into(), value: v.into() }
     }
 
+    /// Encoded as Prometheus does (prost alone would drop a -0.0 value).
     fn v1(series: Vec<prompb::TimeSeries>) -> Vec<u8> {
-        let raw = prompb::WriteRequest { timeseries: series, metadata: vec![] }.encode_to_vec();
+        let raw = duckpond_schema::prom_wire::encode_write_request(&prompb::WriteRequest {
+            timeseries: series,
+            metadata: vec![],
+        });
         snap::raw::Encoder::new().compress_vec(&raw).unwrap()
     }
 
@@ -788,17 +711,16 @@ mod tests {
             v1(vec![ts(vec![label("__name__", "up"), label("", "x")], &[(1, 1.0)])]),
             v1(vec![ts(vec![label("__name__", "up"), label("a", "")], &[(1, 1.0)])]),
             v1(vec![ts(vec![label("job", "a")], &[(1, 1.0)])]),
-            v1(vec![ts(vec![label("__name__", "up")], &[(2, 1.0), (1, 1.0)])]),
             v1(vec![ts(
                 (0..20).map(|i| label(&format!("l{i:02}"), "v")).chain([label("__name__", "x")]).collect(),
                 &[(1, 1.0)],
             )]),
         ];
         for (i, c) in cases.iter().enumerate() {
-            assert!(matches!(decode(c, Protocol::V1, &LIMITS), Err(PromError::Invalid(_))), "case {i}");
+            assert!(matches!(decode(c, Protocol::V1, &LIMITS), Err(DecodeError::Invalid(_))), "case {i}");
         }
         let big = v1(vec![ts(vec![label("__name__", "up")], &(0..100_000).map(|i| (i, 1.0)).collect::<Vec<_>>())]);
-        assert!(matches!(decode(&big, Protocol::V1, &LIMITS), Err(PromError::TooLarge(_))));
+        assert!(matches!(decode(&big, Protocol::V1, &LIMITS), Err(DecodeError::TooLarge(_))));
     }
 
     #[test]
@@ -812,7 +734,7 @@ mod tests {
             &LIMITS,
         )
         .unwrap();
-        let mut stored = Stored::default();
+        let mut stored = Stored { window_ms: 60_000, ..Default::default() };
         let plan = stored.plan(&req, 0).unwrap();
         assert_eq!((plan.written.0, plan.duplicates), (2, 0));
         // series, samples, view
@@ -822,9 +744,111 @@ mod tests {
         assert_eq!((again.written.0, again.duplicates, again.records.len()), (0, 2, 0));
     }
 
+    fn plan_of(stored: &Stored, samples: &[(i64, f64)]) -> Result<Plan, PromError> {
+        let req =
+            decode(&v1(vec![ts(vec![label("__name__", "up"), label("job", "a")], samples)]), Protocol::V1, &LIMITS)
+                .unwrap();
+        stored.plan(&req, 0)
+    }
+
+    /// Prometheus's ordering rules, sample by sample (window 30 s).
+    #[test]
+    fn ordering_follows_the_out_of_order_window() {
+        let mut stored = Stored { window_ms: 30_000, ..Default::default() };
+        let p = plan_of(&stored, &[(60_000, 1.0)]).unwrap();
+        stored.commit(&p);
+        // Older than the newest but inside the window: stored, out of order.
+        let p = plan_of(&stored, &[(40_000, 2.0), (90_000, 3.0)]).unwrap();
+        assert_eq!((p.written.0, p.out_of_order, p.duplicates), (2, 1, 0));
+        stored.commit(&p);
+        // Older than the window below the new newest (90 s): too old, and
+        // the whole request is refused (the in-order sample too).
+        let e = plan_of(&stored, &[(59_999, 1.0), (100_000, 1.0)]).unwrap_err();
+        assert!(matches!(&e, PromError::TooOld { newest_ms: 90_000, .. }), "{e}");
+        assert!(e.to_string().contains("up{job=\"a\"}"), "{e}");
+        // A changed value at a stored timestamp: refused, naming the series.
+        let e = plan_of(&stored, &[(90_000, 4.0)]).unwrap_err();
+        assert!(matches!(e, PromError::ChangedValue { timestamp_ms: 90_000, .. }), "{e}");
+        let e = plan_of(&stored, &[(60_000, -1.0)]).unwrap_err();
+        assert!(matches!(e, PromError::ChangedValue { .. }), "{e}");
+        // An exact resend inside the window: duplicates, nothing written.
+        let p = plan_of(&stored, &[(60_000, 1.0), (90_000, 3.0)]).unwrap();
+        assert_eq!((p.written.0, p.duplicates, p.records.len()), (0, 2, 0));
+        // Duplicates inside one request are stored once; unsorted input is
+        // fine; -0.0 and 0.0 are different values.
+        let p = plan_of(&stored, &[(95_000, 5.0), (91_000, 0.0), (95_000, 5.0)]).unwrap();
+        assert_eq!((p.written.0, p.duplicates), (2, 1));
+        stored.commit(&p);
+        assert!(plan_of(&stored, &[(91_000, -0.0)]).is_err());
+        // A stale marker is a value like any other (bit-exact).
+        let stale = f64::from_bits(STALE_NAN_BITS);
+        assert!(plan_of(&stored, &[(95_000, stale)]).is_err());
+        let p = plan_of(&stored, &[(96_000, stale)]).unwrap();
+        stored.commit(&p);
+        assert_eq!(plan_of(&stored, &[(96_000, stale)]).unwrap().duplicates, 1);
+    }
+
+    /// With window 0 (Prometheus's default) only the newest timestamp can
+    /// take a resend; anything older is too old.
+    #[test]
+    fn window_zero_is_in_order_only() {
+        let mut stored = Stored::default();
+        let p = plan_of(&stored, &[(10, 1.0), (20, 2.0)]).unwrap();
+        stored.commit(&p);
+        assert_eq!(plan_of(&stored, &[(20, 2.0)]).unwrap().duplicates, 1);
+        assert!(matches!(plan_of(&stored, &[(10, 1.0)]), Err(PromError::TooOld { .. })));
+        assert!(matches!(plan_of(&stored, &[(15, 1.0)]), Err(PromError::TooOld { .. })));
+    }
+
+    /// A histogram read back from its table row has the fingerprint it was
+    /// written with, so a changed histogram at a stored timestamp is refused
+    /// after a restart too.
+    #[test]
+    fn histograms_read_back_from_their_rows() {
+        let h = Hist {
+            timestamp_ms: 5_000,
+            count_int: Some(7),
+            sum: 2.5,
+            schema: 3,
+            zero_threshold: 1e-128,
+            zero_count_int: Some(1),
+            negative_spans: vec![(-2, 1)],
+            negative_deltas: vec![4],
+            positive_spans: vec![(0, 2), (3, 1)],
+            positive_deltas: vec![1, 2, -1],
+            reset_hint: 1,
+            ..Default::default()
+        };
+        let mut t = Tables::default();
+        t.histogram(42, &h);
+        let records = t.into_records().unwrap();
+        let LogRecord::Rows { ipc, .. } =
+            records.iter().find(|r| r.table().as_str() == HISTOGRAMS_TABLE).expect("a histograms record")
+        else {
+            panic!("rows")
+        };
+        let batch = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc.to_vec()), None)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let schema = batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names.join(", "), HISTOGRAM_COLUMNS.split_whitespace().collect::<Vec<_>>().join(" "));
+        let (id, back) = histogram_of_row(&batch, 0).expect("reads back");
+        assert_eq!((id, &back), (42, &h));
+        let mut stored = Stored { window_ms: 60_000, ..Default::default() };
+        stored.load_histogram(42, &back);
+        let same = stored.histograms[&42].check(5_000, Some(hist_fingerprint(&h)), 60_000);
+        assert!(matches!(same, Ok(Verdict::Duplicate)));
+        let changed = Hist { sum: 3.0, ..h };
+        assert!(stored.histograms[&42].check(5_000, Some(hist_fingerprint(&changed)), 60_000).is_err());
+    }
+
     #[test]
     fn series_ids_are_stable() {
         let l = vec![("job".to_string(), "a".to_string())];
+        use duckpond_schema::prom_decode::series_id;
         assert_eq!(series_id("up", &l), series_id("up", &l.clone()));
         assert_ne!(series_id("up", &l), series_id("down", &l));
         // Pinned: the id of a series must never change between versions.

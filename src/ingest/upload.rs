@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use duckpond_compactor::lake::sql_string;
-use duckpond_compactor::InstanceSettings;
+use duckpond_compactor::{Extensions, InstanceSettings};
 use duckpond_schema::{DatasetCommand, LogRecord, StagedFile, StagedFileName, TableName};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::body::IngestBody;
-use super::csv_dialect::{self, Dialect};
+use super::csv_dialect::{self, Dialect, Encoding};
 use super::Mode;
 use crate::server::error::ApiError;
 
@@ -207,22 +207,40 @@ pub struct Preparation {
     src: PathBuf,
     dst: PathBuf,
     settings: InstanceSettings,
+    extensions: Extensions,
+    /// `?encoding=`, if given (else detected from the head).
+    encoding: Option<Encoding>,
     head: Vec<u8>,
     task: Option<tokio::task::JoinHandle<Result<Prepared, ApiError>>>,
 }
 
-/// A conversion instance, and the dialect of a CSV.
+/// A conversion instance, and the dialect and encoding of a CSV.
 pub struct Prepared {
     conn: duckdb::Connection,
     dialect: Option<Dialect>,
+    encoding: Encoding,
 }
 
 impl Preparation {
     /// Starts preparing the conversion of `src` (the spooled body, not yet
     /// written) to `dst`.
-    pub fn start(format: Format, src: &Path, dst: &Path, settings: InstanceSettings) -> Self {
-        let mut preparation =
-            Self { src: src.to_path_buf(), dst: dst.to_path_buf(), settings, head: Vec::new(), task: None };
+    pub fn start(
+        format: Format,
+        src: &Path,
+        dst: &Path,
+        settings: InstanceSettings,
+        extensions: Extensions,
+        encoding: Option<Encoding>,
+    ) -> Self {
+        let mut preparation = Self {
+            src: src.to_path_buf(),
+            dst: dst.to_path_buf(),
+            settings,
+            extensions,
+            encoding,
+            head: Vec::new(),
+            task: None,
+        };
         if format != Format::Csv {
             preparation.launch(None);
         }
@@ -243,16 +261,17 @@ impl Preparation {
     }
 
     fn launch(&mut self, head: Option<Vec<u8>>) {
-        let (src, dst, settings) = (self.src.clone(), self.dst.clone(), self.settings);
+        let (src, dst, settings, ext) = (self.src.clone(), self.dst.clone(), self.settings, self.extensions.clone());
+        let encoding = self.encoding.or_else(|| head.as_deref().and_then(Encoding::detect)).unwrap_or_default();
         self.task = Some(tokio::task::spawn_blocking(move || {
-            let conn = conversion_instance(&src, &dst, &settings)?;
+            let conn = conversion_instance(&src, &dst, &settings, &ext)?;
             let head_path = src.with_extension("head.csv");
             let dialect = head.and_then(|head| {
-                csv_dialect::sniff(&conn, &head_path, &head)
+                csv_dialect::sniff(&conn, &head_path, &head, encoding)
                     .map_err(|e| tracing::debug!(error = %e, "the CSV head did not sniff; read_csv sniffs the file"))
                     .ok()
             });
-            Ok(Prepared { conn, dialect })
+            Ok(Prepared { conn, dialect, encoding })
         }));
     }
 
@@ -296,30 +315,85 @@ pub struct Converted {
 
 /// Converts `src` to Parquet at `dst` with DuckDB, fsyncs it and its
 /// directory. Blocking. DuckDB's reader errors (with the line or position
-/// it reports) become 400, with the server's paths taken out.
+/// it reports) become 400, with the server's paths taken out. What the
+/// lake could not give back exactly is converted by a documented rule or
+/// refused (400 naming the column): see [`super::upload_types`].
 pub fn convert(prepared: Prepared, src: &Path, dst: &Path, format: Format) -> Result<Converted, ApiError> {
-    let Prepared { conn, dialect } = prepared;
+    let Prepared { conn, dialect, encoding } = prepared;
     let lit = |p: &Path| sql_string(&p.display().to_string());
-    let copy = |reader: &str| -> Result<u64, ApiError> {
-        let sql = format!("COPY (SELECT * FROM {reader}) TO {} (FORMAT parquet)", lit(dst));
-        conn.execute(&sql, []).map(|n| n as u64).map_err(|e| {
-            let msg = e.to_string().replace(&src.display().to_string(), "<upload>");
-            ApiError::BadRequest(format!("the {} upload could not be read: {msg}", format.extension()))
-        })
+    let reader = match format {
+        Format::Csv => csv_dialect::reader(src, dialect.as_ref(), encoding),
+        Format::Json => format!("read_json({}, format = 'auto')", lit(src)),
+        Format::Ndjson => format!("read_json({}, format = 'newline_delimited')", lit(src)),
+        Format::Parquet => format!("read_parquet({})", lit(src)),
     };
-    let read_schema = || -> Result<SchemaRef, ApiError> {
-        std::fs::File::open(dst)
-            .map_err(parquet::errors::ParquetError::from)
-            .and_then(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new)
-            .map(|b| b.schema().clone())
-            .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading back {}: {e}", dst.display())))
+    let refused =
+        |e: super::upload_types::Refused| ApiError::BadRequest(format!("the {} upload {e}", format.extension()));
+    if format == Format::Parquet {
+        super::upload_types::check_parquet_input(src).map_err(refused)?;
+    }
+    // CSV readers infer only types the lake keeps (integers beyond 64 bits
+    // are read as DOUBLE and checked after the copy); the others are asked
+    // what DuckDB read, and the select list converts or refuses.
+    let (select, columns) = match format {
+        Format::Csv => (super::upload_types::SelectList::all(), Vec::new()),
+        _ => {
+            let columns = describe(&conn, &reader).map_err(|e| reader_error(&e, src, format, encoding))?;
+            (super::upload_types::select_list(&columns).map_err(refused)?, columns)
+        }
     };
-    let (rows, schema) = match format {
-        Format::Csv => (copy(&csv_dialect::reader(src, dialect.as_ref()))?, read_schema()?),
-        Format::Json => (copy(&format!("read_json({}, format = 'auto')", lit(src)))?, read_schema()?),
-        Format::Ndjson => (copy(&format!("read_json({}, format = 'newline_delimited')", lit(src)))?, read_schema()?),
-        Format::Parquet => (copy(&format!("read_parquet({})", lit(src)))?, read_schema()?),
+    let copy = |select: &str, from: &str, to: &Path| -> Result<u64, ApiError> {
+        let sql = format!("COPY (SELECT {select} FROM {from}) TO {} (FORMAT parquet)", lit(to));
+        conn.execute(&sql, []).map(|n| n as u64).map_err(|e| reader_error(&e.to_string(), src, format, encoding))
     };
+    let mut rows = copy(&select.sql(), &reader, dst)?;
+    // Second looks, from the staged file's footer: columns with no value
+    // and no type of their own are left out; DOUBLE columns reaching 2^53
+    // (where integers may have been rounded) are read again as text and,
+    // if every value is an integer, stored exactly.
+    match super::upload_types::second_look(dst, format, &select.untyped) {
+        None => {}
+        Some(super::upload_types::Redo::Exclude(cols)) => {
+            let first = dst.with_extension("first.parquet");
+            std::fs::rename(dst, &first).map_err(|e| storage_error(e, dst))?;
+            let res = copy(&super::upload_types::Redo::exclude(&cols), &format!("read_parquet({})", lit(&first)), dst);
+            let _ = std::fs::remove_file(&first);
+            rows = res?;
+        }
+        Some(super::upload_types::Redo::Integers(cols)) => {
+            let as_text = |cols: &[String]| -> String {
+                let text: Vec<(String, String)> = cols.iter().map(|c| (c.clone(), "VARCHAR".to_string())).collect();
+                match format {
+                    Format::Csv => csv_dialect::reader_with_types(src, dialect.as_ref(), encoding, &text),
+                    _ => json_reader_with_columns(src, format, &columns, cols),
+                }
+            };
+            let counts_sql = super::upload_types::non_integer_counts_sql(&as_text(&cols), &cols);
+            let counts: Vec<i64> = conn
+                .query_row(&counts_sql, [], |r| (0..cols.len()).map(|i| r.get::<_, i64>(i)).collect())
+                .map_err(|e| reader_error(&e.to_string(), src, format, encoding))?;
+            let exact: Vec<String> =
+                cols.iter().zip(&counts).filter(|(_, n)| **n == 0).map(|(c, _)| c.clone()).collect();
+            if !exact.is_empty() {
+                let alt = dst.with_extension("exact.parquet");
+                match copy(&select.with_exact_integers(&exact), &as_text(&exact), &alt) {
+                    Ok(n) => {
+                        std::fs::rename(&alt, dst).map_err(|e| storage_error(e, dst))?;
+                        rows = n;
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&alt);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+    let schema = std::fs::File::open(dst)
+        .map_err(parquet::errors::ParquetError::from)
+        .and_then(parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new)
+        .map(|b| b.schema().clone())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("reading back {}: {e}", dst.display())))?;
     if schema.fields().is_empty() {
         return Err(ApiError::BadRequest("the upload has no columns".into()));
     }
@@ -332,12 +406,58 @@ pub fn convert(prepared: Prepared, src: &Path, dst: &Path, format: Format) -> Re
     Ok(Converted { rows, parquet_bytes, schema })
 }
 
+/// `read_json` of `src` with every column given its type as first read
+/// (`columns`), except `text`, read as VARCHAR (a JSON number's own text).
+fn json_reader_with_columns(src: &Path, format: Format, columns: &[(String, String)], text: &[String]) -> String {
+    let layout = if format == Format::Ndjson { "newline_delimited" } else { "auto" };
+    let map: Vec<String> = columns
+        .iter()
+        .map(|(c, t)| {
+            let t = if text.contains(c) { "VARCHAR" } else { t.as_str() };
+            format!("{}: {}", sql_string(c), sql_string(t))
+        })
+        .collect();
+    format!(
+        "read_json({}, format = '{layout}', columns = {{{}}})",
+        sql_string(&src.display().to_string()),
+        map.join(", ")
+    )
+}
+
+/// The columns (name, DuckDB type) `reader` produces.
+fn describe(conn: &duckdb::Connection, reader: &str) -> Result<Vec<(String, String)>, String> {
+    let mut st = conn.prepare(&format!("DESCRIBE SELECT * FROM {reader}")).map_err(|e| e.to_string())?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| e.to_string())?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())
+}
+
+/// A reader's error as the client sees it: DuckDB's own words (with the line
+/// or position it names), without the SQL it echoes (ours, naming server
+/// paths), and for undecodable text, which encodings can be asked for.
+fn reader_error(msg: &str, src: &Path, format: Format, encoding: Encoding) -> ApiError {
+    let msg = msg.split("\nLINE ").next().unwrap_or(msg).replace(&src.display().to_string(), "<upload>");
+    let mut out = format!("the {} upload could not be read: {msg}", format.extension());
+    let undecodable = ["Invalid unicode", "invalid unicode", "UTF-8", "UTF8", "utf-8"].iter().any(|k| msg.contains(k));
+    if format == Format::Csv && undecodable {
+        out.push_str(&format!(
+            " (read as {}; if the file is in another encoding, give ?encoding=latin-1 or ?encoding=utf-16)",
+            encoding.duckdb_name()
+        ));
+    }
+    ApiError::BadRequest(out)
+}
+
 /// A DuckDB instance that can read the upload and write the staged file and
 /// nothing else: no other directory, no extension loading, no settings
 /// changes. Memory and threads as the account's engines. Insertion order is
 /// not preserved (rows of one upload may be reordered between DuckDB's
 /// threads): a table has no row order, and the parallel writer is faster.
-fn conversion_instance(src: &Path, dst: &Path, settings: &InstanceSettings) -> Result<duckdb::Connection, ApiError> {
+fn conversion_instance(
+    src: &Path,
+    dst: &Path,
+    settings: &InstanceSettings,
+    extensions: &Extensions,
+) -> Result<duckdb::Connection, ApiError> {
     let dirs: Vec<String> =
         [src, dst].iter().filter_map(|p| p.parent()).map(|d| sql_string(&format!("{}/", d.display()))).collect();
     let temp = src.parent().map(|d| d.join(".duckdb_tmp")).unwrap_or_default();
@@ -348,9 +468,13 @@ fn conversion_instance(src: &Path, dst: &Path, settings: &InstanceSettings) -> R
         .and_then(|c| c.threads(i64::from(settings.threads)))
         .map_err(|e| ApiError::Internal(e.into()))?;
     let conn = duckdb::Connection::open_in_memory_with_flags(config).map_err(|e| ApiError::Internal(e.into()))?;
+    // Time zones, so zoned timestamps are read as TIMESTAMPTZ as stock
+    // DuckDB reads them.
+    extensions.load_some(&conn, &["icu"]).map_err(|e| ApiError::Internal(e.into()))?;
     conn.execute_batch(&format!(
-        "SET temp_directory = {}; SET allowed_directories = [{}]; SET enable_external_access = false; \
-         SET preserve_insertion_order = false; SET lock_configuration = true;",
+        "SET TimeZone = {}; SET temp_directory = {}; SET allowed_directories = [{}]; \
+         SET enable_external_access = false; SET preserve_insertion_order = false; SET lock_configuration = true;",
+        sql_string(duckpond_compactor::lake::TIME_ZONE),
         sql_string(&temp.display().to_string()),
         dirs.join(", ")
     ))

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use duckdb::InterruptHandle;
 use duckpond_compactor::LAKE_ALIAS;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -27,6 +27,16 @@ pub const CHANNEL_BATCHES: usize = 2;
 pub enum QueryError {
     /// DuckDB refused it: bad SQL, unknown table, conversion, ... (400).
     Invalid(String),
+    /// A result column has a type the asked format cannot carry exactly
+    /// (found before the first byte; 400 naming the column).
+    Unrepresentable {
+        /// The column.
+        column: String,
+        /// Its DuckDB type.
+        duckdb_type: String,
+        /// The format asked for.
+        format: &'static str,
+    },
     /// The sandbox refused it (403).
     Denied(String),
     /// Over the deadline, interrupted (408).
@@ -57,6 +67,9 @@ pub enum Message {
         schema: SchemaRef,
         /// The snapshot the query saw.
         snapshot_id: Option<i64>,
+        /// Per column, DuckDB's type name where the column arrives as text
+        /// in place of its own type (see [`Carrier`]).
+        as_text: Vec<Option<String>>,
     },
     /// A batch of rows.
     Batch(RecordBatch),
@@ -116,6 +129,41 @@ impl Admission {
     }
 }
 
+/// What the result will be encoded as, which decides how DuckDB hands it
+/// over. DuckDB's Arrow export is exact for most types but not all: TIMETZ
+/// loses its offset, BIT its length, UHUGEINT >= 2^127 wraps, BIGNUM is an
+/// opaque blob. So:
+/// - [`Carrier::Csv`]: every column is cast to VARCHAR by DuckDB (its CSV
+///   writer's text: nested values, infinities, offsets as DuckDB prints
+///   them);
+/// - [`Carrier::Json`]: the columns of those types (at any depth) are cast
+///   to VARCHAR, the rest stay typed;
+/// - [`Carrier::Arrow`] / [`Carrier::Parquet`]: such a column is refused
+///   before the first byte ([`QueryError::Unrepresentable`]), as are types
+///   the Parquet writer cannot encode (UNION, month-day-nano INTERVAL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// JSON rows.
+    Json,
+    /// A CSV download.
+    Csv,
+    /// An Arrow IPC stream download.
+    Arrow,
+    /// A Parquet download.
+    Parquet,
+}
+
+impl Carrier {
+    fn name(self) -> &'static str {
+        match self {
+            Carrier::Json => "json",
+            Carrier::Csv => "csv",
+            Carrier::Arrow => "arrow",
+            Carrier::Parquet => "parquet",
+        }
+    }
+}
+
 /// Starts `sql` (already checked by [`super::guard`]) on a connection of
 /// `engine`; returns once it runs. At most `max_rows` rows are produced.
 pub async fn start(
@@ -123,6 +171,7 @@ pub async fn start(
     sql: String,
     max_rows: Option<u64>,
     permit: OwnedSemaphorePermit,
+    carrier: Carrier,
 ) -> Result<Running, QueryError> {
     // Even opening a connection reads the catalog (`USE lake`), which can
     // wait on the catalog's lock while a flush commits: never on a runtime
@@ -134,11 +183,11 @@ pub async fn start(
         .map_err(|e| QueryError::Unavailable(e.to_string()))?;
     let interrupt = conn.interrupt_handle();
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-    tokio::task::spawn_blocking(move || produce(conn, &sql, max_rows, tx));
+    tokio::task::spawn_blocking(move || produce(conn, &sql, max_rows, tx, carrier));
     Ok(Running { rx, interrupt, _permit: permit, done: false })
 }
 
-fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc::Sender<Message>) {
+fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc::Sender<Message>, carrier: Carrier) {
     let fail = |tx: &mpsc::Sender<Message>, e: QueryError| {
         let _ = tx.blocking_send(Message::Failed(e));
     };
@@ -149,19 +198,88 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
     }
     let snapshot_id: Option<i64> =
         conn.query_row(&format!("SELECT id FROM {LAKE_ALIAS}.current_snapshot()"), [], |r| r.get(0)).ok();
-    let mut stmt = match conn.prepare(sql) {
+    let plain = sql.trim_end().trim_end_matches(';').trim_end();
+    let explain = plain.trim_start().get(..7).is_some_and(|w| w.eq_ignore_ascii_case("explain"));
+    // CSV: DuckDB renders every value (EXPLAIN's columns are text already
+    // and it cannot be a subquery). If the wrapped text does not prepare
+    // (a trailing comment, say) the query runs as written.
+    let wrapped = (carrier == Carrier::Csv && !explain)
+        .then(|| format!("SELECT COLUMNS(*)::VARCHAR FROM (\n{plain}\n)"))
+        .and_then(|w| conn.prepare(&w).ok());
+    let mut stmt = match wrapped {
+        Some(s) => s,
+        None => match conn.prepare(sql) {
+            Ok(s) => s,
+            Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+        },
+    };
+    let mut stream = match stmt.stream_arrow([]) {
         Ok(s) => s,
         Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
     };
-    let stream = match stmt.stream_arrow([]) {
-        Ok(s) => s,
-        Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
-    };
-    let schema = stream.get_schema();
-    if tx.blocking_send(Message::Start { schema, snapshot_id }).is_err() {
+    let mut schema = stream.get_schema();
+    let mut as_text = vec![None; schema.fields().len()];
+    if carrier != Carrier::Csv && schema.fields().iter().any(|f| may_hide_inexact(f.data_type())) {
+        // The Arrow type alone cannot tell TIME from TIMETZ or BLOB from
+        // BIT: ask DuckDB for the columns' own types.
+        drop(stream);
+        let inexact: Vec<(usize, String)> = (0..schema.fields().len())
+            .filter_map(|i| inexact_type(&stmt.column_logical_type(i)).map(|t| (i, t)))
+            .collect();
+        if let Some((i, t)) = inexact.first().filter(|_| carrier != Carrier::Json) {
+            return fail(
+                &tx,
+                QueryError::Unrepresentable {
+                    column: schema.field(*i).name().clone(),
+                    duckdb_type: t.clone(),
+                    format: carrier.name(),
+                },
+            );
+        }
+        if inexact.is_empty() {
+            stream = match stmt.stream_arrow([]) {
+                Ok(s) => s,
+                Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+            };
+        } else {
+            // JSON: those columns as DuckDB's text, by position (names
+            // may repeat), under their own names.
+            let cols: Vec<String> = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let cast = if inexact.iter().any(|(j, _)| *j == i) { "::VARCHAR" } else { "" };
+                    format!("#{}{cast} AS \"{}\"", i + 1, f.name().replace('"', "\"\""))
+                })
+                .collect();
+            for (i, t) in &inexact {
+                as_text[*i] = Some(t.clone());
+            }
+            let text = format!("SELECT {} FROM (\n{plain}\n)", cols.join(", "));
+            stmt = match conn.prepare(&text) {
+                Ok(s) => s,
+                Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+            };
+            stream = match stmt.stream_arrow([]) {
+                Ok(s) => s,
+                Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+            };
+            schema = stream.get_schema();
+        }
+    }
+    if carrier == Carrier::Parquet {
+        if let Some(f) = schema.fields().iter().find(|f| !parquet_encodes(f.data_type())) {
+            let t = super::render::type_name(f.data_type());
+            return fail(
+                &tx,
+                QueryError::Unrepresentable { column: f.name().clone(), duckdb_type: t, format: "parquet" },
+            );
+        }
+    }
+    if tx.blocking_send(Message::Start { schema, snapshot_id, as_text }).is_err() {
         return;
     }
-    let mut stream = stream;
     let mut left = max_rows.unwrap_or(u64::MAX);
     while left > 0 {
         // The duckdb crate panics when fetching fails mid-stream (an
@@ -189,6 +307,47 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
     drop(stream);
     drop(stmt);
     let _ = conn.execute_batch("COMMIT");
+}
+
+/// Whether a column of this Arrow type may be a DuckDB type whose Arrow
+/// export is not exact (TIMETZ arrives as TIME, BIT as BLOB, UHUGEINT as
+/// DECIMAL(38,0), BIGNUM as an opaque extension).
+fn may_hide_inexact(t: &DataType) -> bool {
+    use DataType::*;
+    match t {
+        Time64(_) | Binary | Decimal128(38, 0) | Union(..) => true,
+        List(f) | LargeList(f) | FixedSizeList(f, _) | Map(f, _) => may_hide_inexact(f.data_type()),
+        Struct(fs) => fs.iter().any(|f| may_hide_inexact(f.data_type())),
+        _ => false,
+    }
+}
+
+/// DuckDB's name of `t` if it (or a type inside it) has no exact Arrow form.
+fn inexact_type(t: &duckdb::core::LogicalTypeHandle) -> Option<String> {
+    use duckdb::core::LogicalTypeId as Id;
+    let name = match t.id() {
+        Id::TimeTZ => "TIMETZ",
+        Id::Bit => "BIT",
+        Id::Bignum => "BIGNUM",
+        Id::UHugeint => "UHUGEINT",
+        Id::List | Id::Array | Id::Struct | Id::Map | Id::Union => {
+            let inner = (0..t.num_children()).find_map(|i| inexact_type(&t.child(i)))?;
+            return Some(format!("{inner} (nested)"));
+        }
+        _ => return None,
+    };
+    Some(name.to_string())
+}
+
+/// Whether the Parquet writer can encode every value of `t` exactly.
+fn parquet_encodes(t: &DataType) -> bool {
+    use DataType::*;
+    match t {
+        Union(..) | RunEndEncoded(..) | Interval(arrow::datatypes::IntervalUnit::MonthDayNano) => false,
+        List(f) | LargeList(f) | FixedSizeList(f, _) | Map(f, _) => parquet_encodes(f.data_type()),
+        Struct(fs) => !fs.is_empty() && fs.iter().all(|f| parquet_encodes(f.data_type())),
+        _ => true,
+    }
 }
 
 /// Time left until `deadline`.

@@ -16,10 +16,17 @@
 use duckdb::Connection;
 use serde_json::Value;
 
-/// Why a statement is refused (403).
+/// Why a statement is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
+pub enum Refused {
+    /// The text is not SQL DuckDB can parse (a client error: 400).
+    #[error("{0}")]
+    Syntax(String),
+    /// It parses, but is not a single read statement of the allowed kind,
+    /// or calls a denied function (403).
+    #[error("{0}")]
+    NotAllowed(String),
+}
 
 /// Functions never allowed: they change state, run SQL given as text, or
 /// reach other databases or the environment. Matched case-insensitively;
@@ -69,28 +76,29 @@ pub fn check(probe: &Connection, sql: &str) -> Result<(), Refused> {
     };
     let json: String = probe
         .query_row("SELECT json_serialize_sql(?::VARCHAR)", [to_parse.as_str()], |r| r.get(0))
-        .map_err(|e| Refused(format!("the statement could not be checked: {e}")))?;
-    let v: Value = serde_json::from_str(&json).map_err(|e| Refused(format!("unexpected parser output: {e}")))?;
+        .map_err(|e| Refused::Syntax(format!("the statement could not be checked: {e}")))?;
+    let v: Value =
+        serde_json::from_str(&json).map_err(|e| Refused::NotAllowed(format!("unexpected parser output: {e}")))?;
     if v["error"].as_bool() == Some(true) {
         let msg = v["error_message"].as_str().unwrap_or("");
         if inner_upper.starts_with("PIVOT") {
-            return Err(Refused(
+            return Err(Refused::NotAllowed(
                 "PIVOT needs an explicit value list here: PIVOT t ON col IN ('a', 'b') USING ...".into(),
             ));
         }
         return Err(if msg.contains("Only SELECT statements") {
-            Refused(
+            Refused::NotAllowed(
                 "only read statements are allowed (SELECT, WITH, VALUES, FROM, DESCRIBE, SHOW, SUMMARIZE, \
                  EXPLAIN, PIVOT, UNPIVOT); this one would change something or reach outside the lake"
                     .into(),
             )
         } else {
-            Refused(format!("the statement does not parse: {msg}"))
+            Refused::Syntax(format!("the statement does not parse: {msg}"))
         });
     }
     let n = v["statements"].as_array().map(Vec::len).unwrap_or(0);
     if n != 1 {
-        return Err(Refused(format!("send exactly one statement per query (got {n})")));
+        return Err(Refused::NotAllowed(format!("send exactly one statement per query (got {n})")));
     }
     let mut names = Vec::new();
     function_names(&v["statements"], &mut names);
@@ -101,7 +109,7 @@ pub fn check(probe: &Connection, sql: &str) -> Result<(), Refused> {
             None => lower == *d,
         });
         if denied {
-            return Err(Refused(format!("function {name}() is not allowed in queries")));
+            return Err(Refused::NotAllowed(format!("function {name}() is not allowed in queries")));
         }
     }
     Ok(())
@@ -193,6 +201,17 @@ mod tests {
             "BEGIN TRANSACTION",
         ] {
             assert!(check(&c, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_that_does_not_parse_is_a_syntax_error_not_a_refusal() {
+        let c = Connection::open_in_memory().unwrap();
+        for bad in ["SELEC 1", "SELECT FROM WHERE", "SELECT (1", "))"] {
+            assert!(matches!(check(&c, bad), Err(Refused::Syntax(_))), "{bad}: {:?}", check(&c, bad));
+        }
+        for refused in ["INSERT INTO t VALUES (1)", "SELECT getenv('HOME')", "SELECT 1; SELECT 2"] {
+            assert!(matches!(check(&c, refused), Err(Refused::NotAllowed(_))), "{refused}: {:?}", check(&c, refused));
         }
     }
 }

@@ -96,6 +96,11 @@ impl Engines {
         }
     }
 
+    /// The verified extension binaries (conversions load from them too).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
     /// The account's instance, opened on first use.
     pub async fn get(&self, account: &Account) -> Result<Arc<AccountEngine>, LakeError> {
         if let Some(e) = self.open.lock().await.get(&account.id) {

@@ -8,8 +8,10 @@
 //! - NaN and infinities are the strings `"NaN"`, `"Infinity"`,
 //!   `"-Infinity"` (JSON has no such numbers);
 //! - dates, times and timestamps are ISO 8601 strings (with the offset when
-//!   the type has a time zone); intervals and other types use DuckDB's/Arrow's
-//!   display form;
+//!   the type has a time zone), `"infinity"` / `"-infinity"` for DuckDB's
+//!   infinite values, with years beyond 9999 written out; intervals and
+//!   other types use DuckDB's/Arrow's display form;
+//! - a UNION cell is the value of its active member;
 //! - blobs are base64; lists are arrays; structs are objects; maps are
 //!   arrays of `{"key", "value"}` (keys need not be strings).
 
@@ -164,6 +166,10 @@ pub fn cell(a: &ArrayRef, i: usize) -> Value {
             json!(base64::engine::general_purpose::STANDARD.encode(a.as_fixed_size_binary().value(i)))
         }
         Timestamp(unit, tz) => {
+            let raw = timestamp_raw(a, i, *unit);
+            if let Some(inf) = infinity(raw == i64::MAX, raw == -i64::MAX) {
+                return inf;
+            }
             let v = match unit {
                 dt::TimeUnit::Second => a.as_primitive::<dt::TimestampSecondType>().value(i).checked_mul(1_000_000_000),
                 dt::TimeUnit::Millisecond => {
@@ -178,11 +184,20 @@ pub fn cell(a: &ArrayRef, i: usize) -> Value {
             match v.map(chrono::DateTime::from_timestamp_nanos) {
                 Some(t) if tz.is_some() => json!(t.format("%Y-%m-%dT%H:%M:%S%.fZ").to_string()),
                 Some(t) => json!(t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
-                None => display(a.as_ref(), i),
+                None => json!(wide_timestamp(raw, *unit, tz.is_some())),
             }
         }
+        Date32 => {
+            let d = a.as_primitive::<dt::Date32Type>().value(i);
+            infinity(d == i32::MAX, d == -i32::MAX).unwrap_or_else(|| json!(civil(i64::from(d))))
+        }
+        Union(..) => {
+            let u = a.as_union();
+            let (id, at) = (u.type_id(i), u.value_offset(i));
+            cell(u.child(id), at)
+        }
         Decimal128(_, scale) => json!(decimal(a.as_primitive::<dt::Decimal128Type>().value(i), *scale)),
-        Date32 | Date64 | Time32(_) | Time64(_) => display(a.as_ref(), i),
+        Date64 | Time32(_) | Time64(_) => display(a.as_ref(), i),
         List(_) => list(a.as_list::<i32>().value(i)),
         LargeList(_) => list(a.as_list::<i64>().value(i)),
         FixedSizeList(..) => list(a.as_fixed_size_list().value(i)),
@@ -206,6 +221,101 @@ pub fn cell(a: &ArrayRef, i: usize) -> Value {
         }
         _ => display(a.as_ref(), i),
     }
+}
+
+fn infinity(pos: bool, neg: bool) -> Option<Value> {
+    match (pos, neg) {
+        (true, _) => Some(json!("infinity")),
+        (_, true) => Some(json!("-infinity")),
+        _ => None,
+    }
+}
+
+fn timestamp_raw(a: &ArrayRef, i: usize, unit: dt::TimeUnit) -> i64 {
+    match unit {
+        dt::TimeUnit::Second => a.as_primitive::<dt::TimestampSecondType>().value(i),
+        dt::TimeUnit::Millisecond => a.as_primitive::<dt::TimestampMillisecondType>().value(i),
+        dt::TimeUnit::Microsecond => a.as_primitive::<dt::TimestampMicrosecondType>().value(i),
+        dt::TimeUnit::Nanosecond => a.as_primitive::<dt::TimestampNanosecondType>().value(i),
+    }
+}
+
+/// `YYYY-MM-DD` of a day number since 1970-01-01, for any year (DuckDB's
+/// dates reach ±5.8 million years; chrono stops at ±262,143). The civil
+/// calendar algorithm of Howard Hinnant's `civil_from_days`.
+fn civil(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    if y < 0 {
+        format!("-{:04}-{m:02}-{d:02}", -y)
+    } else {
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// A timestamp outside chrono's range, written out in full.
+fn wide_timestamp(raw: i64, unit: dt::TimeUnit, zoned: bool) -> String {
+    let per_s: i64 = match unit {
+        dt::TimeUnit::Second => 1,
+        dt::TimeUnit::Millisecond => 1_000,
+        dt::TimeUnit::Microsecond => 1_000_000,
+        dt::TimeUnit::Nanosecond => 1_000_000_000,
+    };
+    let per_day = 86_400 * per_s;
+    let (days, rest) = (raw.div_euclid(per_day), raw.rem_euclid(per_day));
+    let (secs, frac) = (rest / per_s, rest % per_s);
+    let digits = per_s.to_string().len() - 1;
+    let frac = if frac == 0 { String::new() } else { format!(".{frac:0digits$}") };
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    format!("{}T{h:02}:{m:02}:{s:02}{frac}{}", civil(days), if zoned { "Z" } else { "" })
+}
+
+/// One cell as text (None for NULL): a string as it is, anything else in
+/// its JSON form without quotes. What CSV downloads write for columns that
+/// DuckDB did not turn into text itself.
+pub fn text(a: &ArrayRef, i: usize) -> Option<String> {
+    use DataType::*;
+    if a.is_null(i) {
+        return None;
+    }
+    Some(match a.data_type() {
+        Utf8 => a.as_string::<i32>().value(i).to_string(),
+        LargeUtf8 => a.as_string::<i64>().value(i).to_string(),
+        Utf8View => a.as_string_view().value(i).to_string(),
+        _ => match cell(a, i) {
+            Value::String(s) => s,
+            Value::Null => return None,
+            other => other.to_string(),
+        },
+    })
+}
+
+/// Appends one CSV record (RFC 4180, as DuckDB's CSV writer: a field is
+/// quoted when it holds a comma, a quote, a line break or `#` (its comment
+/// character), or is the empty string, so it reads back apart from NULL,
+/// which is written as nothing).
+pub fn csv_line(out: &mut String, fields: &[Option<&str>]) {
+    for (k, f) in fields.iter().enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        let Some(f) = f else { continue };
+        if f.is_empty() || f.contains([',', '"', '\n', '\r', '#']) {
+            out.push('"');
+            out.push_str(&f.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(f);
+        }
+    }
+    out.push('\n');
 }
 
 /// An exact decimal string (Arrow's display would cut values wider than
@@ -248,5 +358,24 @@ mod tests {
         assert_eq!(decimal(125, 2), "1.25");
         assert_eq!(decimal(-5, 3), "-0.005");
         assert_eq!(decimal(i128::MAX, 0), "170141183460469231731687303715884105727");
+    }
+
+    #[test]
+    fn dates_and_timestamps_beyond_chrono() {
+        assert_eq!(civil(0), "1970-01-01");
+        assert_eq!(civil(-1), "1969-12-31");
+        assert_eq!(civil(19_723), "2024-01-01");
+        assert_eq!(civil(i64::from(i32::MAX - 1)), "5881580-07-10");
+        assert_eq!(civil(-719_528), "0000-01-01");
+        // DuckDB's largest TIMESTAMP, one below its infinity.
+        assert_eq!(wide_timestamp(i64::MAX - 1, dt::TimeUnit::Microsecond, false), "294247-01-10T04:00:54.775806");
+        assert_eq!(wide_timestamp(1_500, dt::TimeUnit::Millisecond, true), "1970-01-01T00:00:01.500Z");
+    }
+
+    #[test]
+    fn csv_records_quote_like_duckdb() {
+        let mut out = String::new();
+        csv_line(&mut out, &[Some("a"), None, Some(""), Some("x,y"), Some("say \"hi\""), Some("l1\nl2"), Some("#1")]);
+        assert_eq!(out, "a,,\"\",\"x,y\",\"say \"\"hi\"\"\",\"l1\nl2\",\"#1\"\n");
     }
 }

@@ -161,6 +161,58 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Directories whose paths never appear in a reply (the daemon's home,
+/// data root, extension directory), set once at start.
+static PRIVATE_PATHS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Registers the server's private directories: every message sent to a
+/// client has any path below them replaced by `<server path>`. Call once at
+/// start; later calls are ignored.
+pub fn set_private_paths(dirs: &[&std::path::Path]) {
+    let mut out: Vec<String> = Vec::new();
+    for d in dirs {
+        let mut forms = vec![d.display().to_string()];
+        if let Ok(c) = d.canonicalize() {
+            forms.push(c.display().to_string());
+        }
+        for f in forms {
+            let f = f.trim_end_matches('/').to_string();
+            if f.len() > 1 && !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    // Longest first, so a root inside another is replaced whole.
+    out.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    let _ = PRIVATE_PATHS.set(out);
+}
+
+/// `message` without server paths and account ids: a path below a private
+/// directory becomes `<server path>` up to the end of its token (DuckDB
+/// quotes paths inside the SQL it echoes), and a PostgreSQL catalog schema
+/// `duckpond_<account id>` becomes `duckpond_<account>`.
+pub fn scrub(message: &str) -> String {
+    let mut out = message.to_string();
+    for root in PRIVATE_PATHS.get().map(Vec::as_slice).unwrap_or_default() {
+        while let Some(at) = out.find(root.as_str()) {
+            let rest = &out[at + root.len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ')' | ',' | '`'))
+                .unwrap_or(rest.len());
+            out.replace_range(at..at + root.len() + end, "<server path>");
+        }
+    }
+    let mut from = 0;
+    while let Some(i) = out[from..].find("duckpond_").map(|i| i + from) {
+        let id = out[i + 9..].chars().take_while(|c| c.is_ascii_hexdigit()).count();
+        if id == 32 {
+            out.replace_range(i + 9..i + 9 + 32, "<account>");
+        }
+        from = i + 9;
+    }
+    out
+}
+
 impl ApiError {
     fn respond(self, details: Option<serde_json::Value>) -> Response {
         let (status, code) = self.status_and_code();
@@ -169,7 +221,7 @@ impl ApiError {
                 tracing::error!(error = ?source, "internal error");
                 "internal error; see the server log".to_string()
             }
-            other => other.to_string(),
+            other => scrub(&other.to_string()),
         };
         let retry_after = match &self {
             ApiError::TooManyRequests { retry_after_s, .. } | ApiError::Unavailable { retry_after_s, .. } => {
@@ -242,6 +294,7 @@ impl From<CompactorError> for ApiError {
         match e {
             CompactorError::Append(a) => a.into(),
             CompactorError::Schema(c) => ApiError::Conflict(c.to_string()),
+            e @ CompactorError::Quarantined { .. } => ApiError::Conflict(e.to_string()),
             CompactorError::InvalidRecord(msg) => ApiError::BadRequest(msg),
             CompactorError::Stopped => {
                 ApiError::Unavailable { message: "the account's pipeline is stopping".into(), retry_after_s: 1 }
@@ -341,6 +394,22 @@ mod tests {
         assert_eq!((s, retry.as_deref()), (StatusCode::TOO_MANY_REQUESTS, Some("3")));
         let (s, b, _) = body_of(ApiError::InsufficientStorage("full".into())).await;
         assert_eq!((s, b["error"]["code"].as_str()), (StatusCode::INSUFFICIENT_STORAGE, Some("insufficient_storage")));
+    }
+
+    #[test]
+    fn messages_lose_server_paths_and_account_ids() {
+        set_private_paths(&[std::path::Path::new("/srv/duckpond/data")]);
+        let id = "0123456789abcdef0123456789abcdef";
+        let m = format!(
+            "LINE 1: COPY (SELECT * FROM read_json('/srv/duckpond/data/accounts/{id}/incoming/x.json')) and \
+             /srv/duckpond/data/accounts/{id}/staged/y.parquet, schema duckpond_{id}.t"
+        );
+        let s = scrub(&m);
+        assert!(!s.contains("/srv/duckpond") && !s.contains(id), "{s}");
+        assert!(s.contains("read_json('<server path>')"), "{s}");
+        assert!(s.contains("duckpond_<account>.t"), "{s}");
+        // Nothing else changes.
+        assert_eq!(scrub("column \"a/b\" is 1/2"), "column \"a/b\" is 1/2");
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use super::routes::{account, admin, datasets, health, notebooks, prometheus, que
     info(title = "DuckPond API", description = "Multi-account WAL-first data platform on DuckLake."),
     paths(
         health::healthz, health::readyz, health::metrics,
-        account::get_account, account::list_keys, account::create_key, account::revoke_key,
+        account::get_account, account::quarantine, account::list_keys, account::create_key, account::revoke_key,
         admin::list_accounts, admin::create_account, admin::get_account, admin::update_account,
         admin::delete_account, admin::list_keys, admin::create_key, admin::revoke_key,
         datasets::upload, datasets::list, datasets::get, datasets::preview, datasets::delete, stream::arrow,

@@ -332,3 +332,44 @@ for row in c.execute({sql:?}).fetchall():
     );
     python(&script).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
+
+/// A daemon shared by the tests of one test binary (each test uses its own
+/// account in it): started once, on a thread that lives as long as the
+/// binary, with `PR_SET_PDEATHSIG` so the daemon dies with the binary even
+/// though statics are never dropped.
+pub struct Shared {
+    pub env: TestEnv,
+    pub server: Server,
+}
+
+impl Shared {
+    /// Starts a daemon for `env` (its config already written).
+    pub fn start(env: TestEnv) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let server = env.serve_with(|cmd| {
+                use std::os::unix::process::CommandExt;
+                // SAFETY: prctl with constant arguments, between fork and exec.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+            });
+            tx.send(Shared { env, server }).unwrap();
+            // The daemon's parent thread must outlive every test.
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("the shared daemon started")
+    }
+
+    /// A new account: (api key, its directory).
+    pub fn account(&self, name: &str) -> (String, PathBuf) {
+        let (a, key) = self.env.create_account(name);
+        let root = self.env.path().join("data").join("accounts").join(a["id"].as_str().unwrap());
+        (key, root)
+    }
+}

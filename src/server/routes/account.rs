@@ -31,6 +31,26 @@ pub struct Usage {
     pub committed_snapshot_id: Option<i64>,
     /// Notebook sessions starting, running or stopping.
     pub notebook_sessions: u32,
+    /// Records of the log the lake refused, kept in the account's
+    /// quarantine (listed by `GET /api/account/quarantine`). The API's own
+    /// doors check every write before logging it, so this stays 0 unless
+    /// something is wrong.
+    pub quarantined_records: u64,
+}
+
+/// A record of the account's log that the lake refused.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct QuarantineEntry {
+    /// Its log position.
+    pub lsn: u64,
+    /// The table it was for (null if the record did not decode).
+    pub table: Option<String>,
+    /// Why the lake refused it.
+    pub reason: String,
+    /// Size of the record.
+    pub bytes: u64,
+    /// When it was quarantined (Unix ms).
+    pub quarantined_at_ms: i64,
 }
 
 /// The caller's account with usage.
@@ -74,9 +94,33 @@ pub async fn get_account(
             committed_lsn: committed.lsn.get(),
             committed_snapshot_id: committed.snapshot_id,
             notebook_sessions: state.notebooks.live_count(&auth.account.id),
+            quarantined_records: pipeline.quarantined().len() as u64,
         },
         key_id: auth.key_id,
     }))
+}
+
+/// The records of the account's log that the lake refused, oldest first.
+#[utoipa::path(get, path = "/api/account/quarantine", tag = "account", security(("api_key" = [])),
+    responses((status = 200, body = Vec<QuarantineEntry>), (status = 401, body = crate::server::error::ErrorBody)))]
+pub async fn quarantine(
+    State(state): State<AppState>,
+    auth: AuthedAccount,
+) -> Result<Json<Vec<QuarantineEntry>>, ApiError> {
+    let pipeline = state.pipelines.get(&auth.account).await?;
+    Ok(Json(
+        pipeline
+            .quarantined()
+            .into_iter()
+            .map(|q| QuarantineEntry {
+                lsn: q.lsn,
+                table: q.table,
+                reason: crate::server::error::scrub(&q.reason),
+                bytes: q.bytes,
+                quarantined_at_ms: q.quarantined_at_ms,
+            })
+            .collect(),
+    ))
 }
 
 /// The caller's keys (never their secrets).

@@ -7,14 +7,15 @@ use std::time::Duration;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
-use duckpond_compactor::AccountCompactor;
+use duckpond_compactor::{AccountCompactor, CompactorError};
 use duckpond_schema::{DatasetCommand, LogRecord, StagedFileName, TableName};
-use duckpond_wal::Lsn;
+use duckpond_wal::LsnRange;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::accounts::AccountLayout;
 use crate::ingest::body::{BodyLimits, IngestBody};
+use crate::ingest::csv_dialect::Encoding;
 use crate::ingest::upload::{self, Cleanup, Format, Preparation, UploadOutcome};
 use crate::ingest::{Mode, Wait};
 use crate::query::catalog::{self, DatasetDetail, DatasetSummary, Preview};
@@ -36,6 +37,9 @@ pub struct UploadParams {
     /// append (default), replace or create.
     #[serde(default)]
     pub mode: Mode,
+    /// A CSV's character encoding: utf-8 (default), utf-16 (also detected
+    /// from its byte-order mark) or latin-1.
+    pub encoding: Option<String>,
     /// durable (default) or committed.
     pub wait: Option<Wait>,
 }
@@ -89,29 +93,44 @@ pub(crate) async fn body_limits(
     })
 }
 
-/// Waits for `lsn`'s snapshot if asked. A timeout is not an error: the
-/// write is durable and will be committed; the reply says it is not yet.
+/// Waits for the snapshot of the write's records `lsns` if asked. A
+/// timeout is not an error: the write is durable and will be committed; the
+/// reply says it is not yet. A record the lake refused is (409): the reply
+/// never says committed for rows that are in no snapshot.
 pub(crate) async fn maybe_wait(
     state: &AppState,
     pipeline: &AccountCompactor,
     wait: Option<Wait>,
-    lsn: Lsn,
-) -> (StatusCode, bool, Option<i64>) {
+    lsns: &[LsnRange],
+) -> Result<(StatusCode, bool, Option<i64>), ApiError> {
     if wait != Some(Wait::Committed) {
-        return (StatusCode::ACCEPTED, false, None);
+        return Ok((StatusCode::ACCEPTED, false, None));
     }
     let timeout = Duration::from_millis(state.config.compactor.commit_wait_timeout_ms);
-    match pipeline.wait_committed(lsn, timeout).await {
-        Ok(c) => (StatusCode::OK, true, c.snapshot_id),
+    match pipeline.wait_committed(lsns, timeout).await {
+        Ok(c) => Ok((StatusCode::OK, true, c.snapshot_id)),
+        Err(e @ CompactorError::Quarantined { .. }) => Err(e.into()),
         Err(e) => {
-            tracing::warn!(error = %e, %lsn, "write durable but not committed in time");
-            (StatusCode::ACCEPTED, false, None)
+            tracing::warn!(error = %e, appends = lsns.len(), "write durable but not committed in time");
+            Ok((StatusCode::ACCEPTED, false, None))
         }
     }
 }
 
 pub(crate) async fn pipeline_of(state: &AppState, auth: &AuthedAccount) -> Result<Arc<AccountCompactor>, ApiError> {
     Ok(state.pipelines.get(&auth.account).await?)
+}
+
+/// `?encoding=` applies to CSV only.
+fn encoding_for(format: Format, encoding: Option<Encoding>) -> Result<Option<Encoding>, ApiError> {
+    match (format, encoding) {
+        (Format::Csv, e) => Ok(e),
+        (_, None) => Ok(None),
+        (f, Some(_)) => Err(ApiError::BadRequest(format!(
+            "encoding applies to CSV uploads; a {} upload is read as its format defines",
+            f.extension()
+        ))),
+    }
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -142,6 +161,14 @@ pub async fn upload(
     let table = table_name(&name)?;
     let ct = content_type(req.headers());
     let explicit = params.format.as_deref().map(Format::parse).transpose()?;
+    let encoding = params
+        .encoding
+        .as_deref()
+        .map(|e| {
+            Encoding::parse(e)
+                .ok_or_else(|| ApiError::BadRequest(format!("unknown encoding {e:?}; use utf-8, utf-16 or latin-1")))
+        })
+        .transpose()?;
     let limits = body_limits(&state, &auth, Some(state.config.limits.max_file_size_bytes())).await?;
     limits.check_declared(content_length(req.headers()))?;
     let pipeline = pipeline_of(&state, &auth).await?;
@@ -178,7 +205,14 @@ pub async fn upload(
             };
             let path = upload::spool_path(&layout.incoming_dir(), &id, format);
             cleanup.add(path.clone());
-            let mut preparation = Preparation::start(format, &path, &staged, state.instance_settings());
+            let mut preparation = Preparation::start(
+                format,
+                &path,
+                &staged,
+                state.instance_settings(),
+                state.engines.extensions().clone(),
+                encoding_for(format, encoding)?,
+            );
             let mut body = IngestBody::new(field, limits, state.ingest_rate.clone(), auth.account.id.clone());
             upload::spool(&mut body, &path, &mut preparation).await?;
             break (path, format, preparation);
@@ -201,7 +235,14 @@ pub async fn upload(
         );
         let path = upload::spool_path(&layout.incoming_dir(), &id, format);
         cleanup.add(path.clone());
-        let mut preparation = Preparation::start(format, &path, &staged, state.instance_settings());
+        let mut preparation = Preparation::start(
+            format,
+            &path,
+            &staged,
+            state.instance_settings(),
+            state.engines.extensions().clone(),
+            encoding_for(format, encoding)?,
+        );
         upload::spool(&mut body, &path, &mut preparation).await?;
         (path, format, preparation)
     };
@@ -232,7 +273,7 @@ pub async fn upload(
     // The log names the staged file now; the compactor owns it.
     cleanup.keep(&staged);
     drop(cleanup);
-    let (status, committed, snapshot_id) = maybe_wait(&state, &pipeline, params.wait, range.last).await;
+    let (status, committed, snapshot_id) = maybe_wait(&state, &pipeline, params.wait, &[range]).await?;
     Ok((
         status,
         Json(UploadOutcome {
@@ -323,6 +364,6 @@ pub async fn delete(
         return Err(ApiError::NotFound(format!("dataset {table} not found")));
     }
     let range = pipeline.append(&[LogRecord::Command(DatasetCommand::Drop { table: table.clone() })]).await?;
-    let (status, committed, snapshot_id) = maybe_wait(&state, &pipeline, params.wait, range.last).await;
+    let (status, committed, snapshot_id) = maybe_wait(&state, &pipeline, params.wait, &[range]).await?;
     Ok((status, Json(ChangeOutcome { table: table.to_string(), lsn: range.last.get(), committed, snapshot_id })))
 }

@@ -27,6 +27,7 @@ pub fn routes() -> Router<AppState> {
         .route("/metrics", get(health::metrics))
         .route("/api/openapi.json", get(super::openapi::openapi_json))
         .route("/api/account", get(account::get_account))
+        .route("/api/account/quarantine", get(account::quarantine))
         .route("/api/account/keys", get(account::list_keys).post(account::create_key))
         .route("/api/account/keys/{key_id}", delete(account::revoke_key))
         .route("/api/admin/accounts", get(admin::list_accounts).post(admin::create_account))

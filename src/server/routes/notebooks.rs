@@ -270,8 +270,17 @@ pub async fn proxy(
 ) -> Result<Response, ApiError> {
     let rest = req.uri().path().strip_prefix("/notebooks/").unwrap_or_default();
     let id = NotebookId::parse(rest.split('/').next().unwrap_or_default())?;
-    // Another account's notebook is "no session" too: nothing to learn.
-    let session = state.notebooks.ready(&key(&auth, &id))?;
+    let session = match state.notebooks.ready(&key(&auth, &id)) {
+        Ok(s) => s,
+        // A notebook this account does not have (another account's
+        // included) is 404, as everywhere else in the API; only one it has
+        // is "not running". Checked off the hot path.
+        Err(e @ NotebookError::NotRunning(_)) => {
+            existing(&state, &auth, id.as_str()).await?;
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut res = match upgrade {
         Ok(upgrade) => {
             if !proxy::same_origin(req.headers()) {

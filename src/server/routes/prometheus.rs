@@ -109,10 +109,7 @@ async fn handle(
     let decoded = tokio::task::spawn_blocking(move || prom::decode(&body, proto, &limits))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
-        .map_err(|e| match e {
-            PromError::Invalid(m) => ApiError::BadRequest(m),
-            PromError::TooLarge(m) => ApiError::PayloadTooLarge(m),
-        })?;
+        .map_err(|e| prom_error(e.into()))?;
     let pipeline = state.pipelines.get(&auth.account).await?;
     let cell = state.prometheus.of(&auth.account.id);
     // Held across the append: two copies of one request cannot both pass
@@ -123,10 +120,26 @@ async fn handle(
     }
     let stored = guard.as_mut().expect("loaded");
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let plan = stored.plan(&decoded, now_ms).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let plan = stored.plan(&decoded, now_ms).map_err(|e| {
+        let reason = match e {
+            PromError::TooOld { .. } => Some("too_old"),
+            PromError::ChangedValue { .. } => Some("changed_value"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            metrics::counter!(crate::telemetry::PROMETHEUS_REFUSED_REQUESTS_TOTAL,
+                "account" => auth.account.id.to_string(), "reason" => reason)
+            .increment(1);
+        }
+        prom_error(e)
+    })?;
     if plan.duplicates > 0 {
         metrics::counter!(crate::telemetry::PROMETHEUS_DUPLICATES_TOTAL, "account" => auth.account.id.to_string())
             .increment(plan.duplicates);
+    }
+    if plan.out_of_order > 0 {
+        metrics::counter!(crate::telemetry::PROMETHEUS_OUT_OF_ORDER_TOTAL, "account" => auth.account.id.to_string())
+            .increment(plan.out_of_order);
     }
     if !plan.records.is_empty() {
         pipeline.append(&plan.records).await.map_err(|e| match ApiError::from(e) {
@@ -142,6 +155,16 @@ async fn handle(
     Ok(plan.written)
 }
 
+/// The largest out-of-order window honoured (100 years, in ms).
+const MAX_WINDOW_MS: u64 = 100 * 365 * 86_400_000;
+
+fn prom_error(e: PromError) -> ApiError {
+    match e {
+        PromError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+        other => ApiError::BadRequest(other.to_string()),
+    }
+}
+
 /// What the account has stored: the log is drained into the lake first, so
 /// the lake is the whole truth.
 async fn load(
@@ -152,7 +175,7 @@ async fn load(
 ) -> Result<Stored, ApiError> {
     if let Some(durable) = pipeline.wal().durable_lsn() {
         let timeout = Duration::from_millis(state.config.compactor.commit_wait_timeout_ms);
-        pipeline.wait_committed(durable, timeout).await.map_err(|e| ApiError::Unavailable {
+        pipeline.wait_flushed(durable, timeout).await.map_err(|e| ApiError::Unavailable {
             message: format!("the account's metrics are not loaded yet ({e}); retry"),
             retry_after_s: LAKE_RETRY_AFTER_S,
         })?;
@@ -166,9 +189,11 @@ async fn load(
         exists(prom::EXEMPLARS_TABLE),
     );
     let engine = engines.get(account).await?;
+    // Bounded so `newest - window` cannot overflow (a century is plenty).
+    let window_ms = state.config.prometheus.out_of_order_window_ms.min(MAX_WINDOW_MS) as i64;
     let stored = engine
         .run(move |c| {
-            let mut s = Stored::default();
+            let mut s = Stored { window_ms, ..Default::default() };
             let err = duckpond_compactor::LakeError::duckdb("loading stored series");
             if has_series {
                 let mut st =
@@ -190,11 +215,57 @@ async fn load(
                 out.extend(rows);
                 Ok(())
             };
+            // Each series' samples inside the window below its newest: the
+            // duplicate and changed-value checks compare with them.
+            let recent = |table: &str, value: &str| {
+                format!(
+                    "WITH n AS (SELECT series_id, max(timestamp_ms) AS newest FROM {table} GROUP BY series_id) \
+                     SELECT t.series_id, t.timestamp_ms, {value} FROM {table} t JOIN n USING (series_id) \
+                     WHERE t.timestamp_ms >= n.newest - {window_ms}"
+                )
+            };
             if has_samples {
-                newest(prom::SAMPLES_TABLE, &mut s.samples)?;
+                let mut st = c
+                    .prepare(&recent(prom::SAMPLES_TABLE, "t.value, t.stale"))
+                    .map_err(duckpond_compactor::LakeError::duckdb("loading recent samples"))?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok((r.get::<_, u64>(0)?, r.get::<_, i64>(1)?, r.get::<_, f64>(2)?, r.get::<_, bool>(3)?))
+                    })
+                    .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+                    .map_err(duckpond_compactor::LakeError::duckdb("loading recent samples"))?;
+                for (id, ts, v, stale) in rows {
+                    s.load_sample(id, ts, if stale { prom::STALE_NAN_BITS } else { v.to_bits() });
+                }
             }
             if has_hist {
-                newest(prom::HISTOGRAMS_TABLE, &mut s.histograms)?;
+                let sql = format!(
+                    "WITH n AS (SELECT series_id, max(timestamp_ms) AS newest FROM {t} GROUP BY series_id) \
+                     SELECT {cols} FROM {t} JOIN n USING (series_id) WHERE timestamp_ms >= n.newest - {window_ms}",
+                    t = prom::HISTOGRAMS_TABLE,
+                    cols = prom::HISTOGRAM_COLUMNS
+                );
+                let err = duckpond_compactor::LakeError::duckdb("loading recent histograms");
+                let mut st = c.prepare(&sql).map_err(err)?;
+                let batches: Vec<arrow::array::RecordBatch> = st
+                    .query_arrow([])
+                    .map_err(duckpond_compactor::LakeError::duckdb("loading recent histograms"))?
+                    .collect();
+                use arrow::array::AsArray;
+                for b in &batches {
+                    for i in 0..b.num_rows() {
+                        match prom::histogram_of_row(b, i) {
+                            Some((id, h)) => s.load_histogram(id, &h),
+                            // A row that does not read back as written keeps
+                            // its timestamp (a resend there is a duplicate).
+                            None => {
+                                let id = b.column(0).as_primitive::<arrow::datatypes::UInt64Type>().value(i);
+                                let ts = b.column(1).as_primitive::<arrow::datatypes::Int64Type>().value(i);
+                                s.load_histogram_unknown(id, ts);
+                            }
+                        }
+                    }
+                }
             }
             if has_ex {
                 newest(prom::EXEMPLARS_TABLE, &mut s.exemplars)?;

@@ -12,7 +12,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::query::exec::{self, Message, QueryError, Running};
+use crate::query::exec::{self, Carrier, Message, QueryError, Running};
 use crate::query::render::{self, ResultColumn};
 use crate::query::{guard, AccountEngine};
 use crate::server::auth::AuthedAccount;
@@ -130,6 +130,10 @@ pub async fn get_query(
 fn query_error(e: QueryError) -> ApiError {
     match e {
         QueryError::Invalid(m) => ApiError::BadRequest(m),
+        QueryError::Unrepresentable { column, duckdb_type, format } => ApiError::BadRequest(format!(
+            "column {column:?} is {duckdb_type}, which format {format} cannot carry exactly; cast it in the query \
+             (for example {column}::VARCHAR) or ask for format json or csv"
+        )),
         QueryError::Denied(m) => ApiError::Forbidden(format!("not allowed: {m}")),
         QueryError::TimedOut => {
             ApiError::RequestTimeout("the query ran past limits.query_timeout_ms and was stopped".into())
@@ -167,7 +171,10 @@ async fn run(
     state.pipelines.get(&auth.account).await?;
     let engine = state.engines.get(&auth.account).await?;
     let sql = req.sql.clone();
-    engine.run(move |c| Ok(guard::check(c, &sql))).await?.map_err(|r| ApiError::Forbidden(r.0))?;
+    engine.run(move |c| Ok(guard::check(c, &sql))).await?.map_err(|r| match r {
+        guard::Refused::Syntax(m) => ApiError::BadRequest(m),
+        guard::Refused::NotAllowed(m) => ApiError::Forbidden(m),
+    })?;
 
     let quotas = auth.account.overrides.resolve(state.accounts.limits());
     let queue = Duration::from_millis(limits.query_queue_timeout_ms);
@@ -194,14 +201,26 @@ async fn run(
         OutputFormat::Json => req.limit.map(|l| l.saturating_add(1)),
         _ => req.limit,
     };
-    let mut running = exec::start(&engine, req.sql, max_rows, permit).await.map_err(query_error)?;
-    let (schema, snapshot_id) = match next(&mut running, deadline).await? {
-        Some(Message::Start { schema, snapshot_id }) => (schema, snapshot_id),
+    let carrier = match format {
+        OutputFormat::Json => Carrier::Json,
+        OutputFormat::Csv => Carrier::Csv,
+        OutputFormat::Arrow => Carrier::Arrow,
+        OutputFormat::Parquet => Carrier::Parquet,
+    };
+    let mut running = exec::start(&engine, req.sql, max_rows, permit, carrier).await.map_err(query_error)?;
+    let (schema, snapshot_id, as_text) = match next(&mut running, deadline).await? {
+        Some(Message::Start { schema, snapshot_id, as_text }) => (schema, snapshot_id, as_text),
         Some(Message::Failed(e)) => return Err(query_error(e)),
         _ => return Err(ApiError::Internal(anyhow::anyhow!("query produced no schema"))),
     };
     if format == OutputFormat::Json {
-        return json_result(running, deadline, schema, snapshot_id, req.limit, limits.max_json_result_bytes, started)
+        let mut columns = render::columns(&schema);
+        for (c, t) in columns.iter_mut().zip(as_text) {
+            if let Some(t) = t {
+                c.data_type = t;
+            }
+        }
+        return json_result(running, deadline, columns, snapshot_id, req.limit, limits.max_json_result_bytes, started)
             .await;
     }
     let encoder = Encoder::new(format, &schema)
@@ -231,7 +250,7 @@ async fn next(running: &mut Running, deadline: Instant) -> Result<Option<Message
 async fn json_result(
     mut running: Running,
     deadline: Instant,
-    schema: arrow::datatypes::SchemaRef,
+    columns: Vec<ResultColumn>,
     snapshot_id: Option<i64>,
     limit: Option<u64>,
     max_bytes: u64,
@@ -266,7 +285,7 @@ async fn json_result(
     }
     drop(running);
     let body = QueryResult {
-        columns: render::columns(&schema),
+        columns,
         row_count: rows.len() as u64,
         rows,
         truncated,
@@ -277,7 +296,7 @@ async fn json_result(
 }
 
 enum Encoder {
-    Csv { header: bool },
+    Csv { header: Option<Vec<String>> },
     Arrow(arrow::ipc::writer::StreamWriter<Vec<u8>>),
     Parquet(Box<parquet::arrow::ArrowWriter<Vec<u8>>>),
 }
@@ -285,7 +304,9 @@ enum Encoder {
 impl Encoder {
     fn new(format: OutputFormat, schema: &arrow::datatypes::SchemaRef) -> Result<Self, String> {
         Ok(match format {
-            OutputFormat::Csv | OutputFormat::Json => Encoder::Csv { header: true },
+            OutputFormat::Csv | OutputFormat::Json => {
+                Encoder::Csv { header: Some(schema.fields().iter().map(|f| f.name().clone()).collect()) }
+            }
             OutputFormat::Arrow => Encoder::Arrow(
                 arrow::ipc::writer::StreamWriter::try_new(Vec::new(), schema).map_err(|e| e.to_string())?,
             ),
@@ -305,12 +326,18 @@ impl Encoder {
     fn write(&mut self, b: &RecordBatchRef) -> Result<Vec<u8>, String> {
         match self {
             Encoder::Csv { header } => {
-                let mut out = Vec::new();
-                let mut w = arrow::csv::WriterBuilder::new().with_header(*header).build(&mut out);
-                w.write(b).map_err(|e| e.to_string())?;
-                drop(w);
-                *header = false;
-                Ok(out)
+                let mut out = String::new();
+                if let Some(names) = header.take() {
+                    let fields: Vec<Option<&str>> = names.iter().map(|n| Some(n.as_str())).collect();
+                    render::csv_line(&mut out, &fields);
+                }
+                let columns = b.columns();
+                for i in 0..b.num_rows() {
+                    let cells: Vec<Option<String>> = columns.iter().map(|c| render::text(c, i)).collect();
+                    let fields: Vec<Option<&str>> = cells.iter().map(|c| c.as_deref()).collect();
+                    render::csv_line(&mut out, &fields);
+                }
+                Ok(out.into_bytes())
             }
             Encoder::Arrow(w) => {
                 w.write(b).map_err(|e| e.to_string())?;
@@ -338,13 +365,17 @@ impl Encoder {
 type RecordBatchRef = arrow::array::RecordBatch;
 
 /// The download body: batches encoded as they come. An error after the
-/// headers went out aborts the body, so the client sees an incomplete
-/// download, never a silently short file.
+/// headers went out aborts the body (the chunked encoding never gets its
+/// last chunk, so every HTTP client reports an incomplete transfer), never
+/// a silently short file; it is logged at error.
 fn download(running: Running, deadline: Instant, encoder: Encoder) -> Body {
     // State: the query and its encoder until the body ends.
     let stream = futures_util::stream::unfold(Some((running, encoder)), move |state| async move {
         let (mut running, mut encoder) = state?;
-        let err = |m: String| Some((Err(std::io::Error::other(m)), None));
+        let err = |m: String| {
+            tracing::error!(error = %m, "a download failed after its first byte; the body is cut short");
+            Some((Err(std::io::Error::other(m)), None))
+        };
         loop {
             match tokio::time::timeout(exec::remaining(deadline), running.rx.recv()).await {
                 Err(_) => {

@@ -50,9 +50,9 @@ pub async fn arrow(
     .await;
     match res {
         Ok(mut out) => {
-            let last = out.last_lsn.map(duckpond_wal::Lsn::new);
-            if let Some(lsn) = last {
-                let (status, committed, snapshot_id) = maybe_wait(&state, &pipeline, params.wait, lsn).await;
+            if !out.appends.is_empty() {
+                let appends = out.appends.clone();
+                let (status, committed, snapshot_id) = maybe_wait(&state, &pipeline, params.wait, &appends).await?;
                 out.committed = committed;
                 out.snapshot_id = snapshot_id;
                 return Ok((status, Json(out)));

@@ -6,7 +6,6 @@
 //! interrupts DuckDB.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -213,16 +212,17 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
             Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
         },
     };
-    let mut stream = match stmt.stream_arrow([]) {
-        Ok(s) => s,
+    // Executed once, streaming; the batches are then fetched from the
+    // statement itself (`step`), which also leaves the statement free for
+    // asking the columns' DuckDB types without executing again.
+    let mut schema = match stmt.stream_arrow([]) {
+        Ok(s) => s.get_schema(),
         Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
     };
-    let mut schema = stream.get_schema();
     let mut as_text = vec![None; schema.fields().len()];
     if carrier != Carrier::Csv && schema.fields().iter().any(|f| may_hide_inexact(f.data_type())) {
         // The Arrow type alone cannot tell TIME from TIMETZ or BLOB from
         // BIT: ask DuckDB for the columns' own types.
-        drop(stream);
         let inexact: Vec<(usize, String)> = (0..schema.fields().len())
             .filter_map(|i| inexact_type(&stmt.column_logical_type(i)).map(|t| (i, t)))
             .collect();
@@ -236,14 +236,10 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
                 },
             );
         }
-        if inexact.is_empty() {
-            stream = match stmt.stream_arrow([]) {
-                Ok(s) => s,
-                Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
-            };
-        } else {
+        if !inexact.is_empty() {
             // JSON: those columns as DuckDB's text, by position (names
-            // may repeat), under their own names.
+            // may repeat), under their own names. The query runs again,
+            // wrapped: only for results holding such types.
             let cols: Vec<String> = schema
                 .fields()
                 .iter()
@@ -257,15 +253,15 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
                 as_text[*i] = Some(t.clone());
             }
             let text = format!("SELECT {} FROM (\n{plain}\n)", cols.join(", "));
+            drop(stmt);
             stmt = match conn.prepare(&text) {
                 Ok(s) => s,
                 Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
             };
-            stream = match stmt.stream_arrow([]) {
-                Ok(s) => s,
+            schema = match stmt.stream_arrow([]) {
+                Ok(s) => s.get_schema(),
                 Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
             };
-            schema = stream.get_schema();
         }
     }
     if carrier == Carrier::Parquet {
@@ -282,21 +278,12 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
     }
     let mut left = max_rows.unwrap_or(u64::MAX);
     while left > 0 {
-        // The duckdb crate panics when fetching fails mid-stream (an
-        // interrupt, a conversion error in a later chunk): turn it back into
-        // an error.
-        let next = std::panic::catch_unwind(AssertUnwindSafe(|| stream.next()));
-        let batch = match next {
-            Ok(Some(b)) => b,
+        // `step` returns a failed fetch (an interrupt, a conversion error
+        // in a later chunk) as an error, where the crate's iterator panics.
+        let batch = match stmt.step() {
+            Ok(Some(array)) => RecordBatch::from(&array),
             Ok(None) => break,
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "query failed".into());
-                return fail(&tx, QueryError::of_duckdb(msg));
-            }
+            Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
         };
         let batch = if (batch.num_rows() as u64) > left { batch.slice(0, left as usize) } else { batch };
         left -= batch.num_rows() as u64;
@@ -304,7 +291,6 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
             return; // The reader is gone; Running's drop interrupts.
         }
     }
-    drop(stream);
     drop(stmt);
     let _ = conn.execute_batch("COMMIT");
 }

@@ -198,13 +198,15 @@ mod hex_bytes {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        if s.len() % 2 != 0 {
+        // Pairs of bytes, not of chars: a non-ASCII character must be an
+        // error, not a slice through its middle (found by fuzzing
+        // `LogRecord::decode`).
+        let b = s.as_bytes();
+        if b.len() % 2 != 0 {
             return Err(serde::de::Error::custom("odd hex length"));
         }
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(serde::de::Error::custom))
-            .collect()
+        let digit = |c: u8| (c as char).to_digit(16).ok_or_else(|| serde::de::Error::custom("not a hex digit"));
+        b.chunks(2).map(|p| Ok((digit(p[0])? * 16 + digit(p[1])?) as u8)).collect()
     }
 }
 
@@ -367,6 +369,18 @@ mod tests {
             let (kind, payload) = r.encode();
             assert_eq!(LogRecord::decode(kind, payload).unwrap(), r);
         }
+    }
+
+    #[test]
+    /// Found by the `log_record` fuzz target: a create command whose
+    /// schema hex holds a non-ASCII character sliced a string through the
+    /// middle of that character and panicked.
+    #[test]
+    fn non_ascii_hex_is_an_error_not_a_panic() {
+        let payload = "{\"op\":\"create\",\"schema_ipc\":\"FFFFFFFFFFFBFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF\u{b9}FFFfffffffd\"}";
+        assert!(LogRecord::decode(3, Bytes::from(payload.as_bytes().to_vec())).is_err());
+        let ok = "{\"op\":\"create\",\"table\":\"t\",\"schema_ipc\":\"0aFF\"}";
+        assert!(LogRecord::decode(3, Bytes::from(ok.as_bytes().to_vec())).is_ok());
     }
 
     #[test]

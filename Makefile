@@ -22,7 +22,7 @@ BENCH_ENV := DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_NOT
 	DUCKPOND_TEST_NOTEBOOK_IMAGE=$(TEST_NOTEBOOK_IMAGE)
 
 .PHONY: run test build ui extensions services fmt lint bench soak profile bench-wal bench-compactor bench-ingest \
-	bench-prometheus bench-query bench-notebooks proto
+	bench-prometheus bench-query bench-notebooks proto fuzz
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -70,6 +70,12 @@ bench: services build
 	$(BENCH_ENV) BENCH_RESULTS=$(BENCH_RESULTS) cargo bench --locked --bench wal --bench compactor --bench ingest \
 		--bench prometheus --bench query --bench notebooks -- --noplot
 	.ci/bench-report.py summary $(BENCH_RESULTS) docs/BENCHMARKS.md "make bench"
+
+## Every fuzz target for FUZZ_SECONDS each (default 120; outside the test
+## suite): the decoders of network and disk bytes (docs/FUZZING.md).
+FUZZ_SECONDS ?= 120
+fuzz: services
+	.ci/fuzz.sh $(FUZZ_SECONDS)
 
 ## Mixed load for SOAK_SECONDS (default 600): remote write, Arrow IPC,
 ## uploads, 100 concurrent query clients and a notebook session; fails on

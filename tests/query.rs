@@ -233,23 +233,35 @@ fn concurrency_limit_and_cancellation() {
             .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     let slow = "SELECT count(*) FROM range(1000000000000)";
-    // A client that sends a slow query and hangs up.
-    let send_and_hang_up = |wait: Duration| {
+    // A client that sends a slow query and hangs up once told to.
+    let send_and_hang_up = |hang_up: std::sync::mpsc::Receiver<()>| {
         use std::io::Write;
         let addr = t.s.url.trim_start_matches("http://").to_string();
         let body = json!({"sql": slow}).to_string();
         let mut sock = std::net::TcpStream::connect(&addr).unwrap();
         write!(sock, "POST /api/query HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", t.a.key, body.len()).unwrap();
-        std::thread::sleep(wait);
+        let _ = hang_up.recv_timeout(Duration::from_secs(30));
         drop(sock);
     };
     std::thread::scope(|scope| {
-        let h = scope.spawn(|| send_and_hang_up(Duration::from_millis(1_500)));
-        std::thread::sleep(Duration::from_millis(500));
-        let r = query(&t.s, &t.a, json!({"sql": "SELECT 1"}));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = scope.spawn(move || send_and_hang_up(rx));
+        // Until the slow query holds the account's one slot, a query gets
+        // through; from then on, 429 with Retry-After (no sleep guessing
+        // when the slot is taken).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let r = loop {
+            let r = query(&t.s, &t.a, json!({"sql": "SELECT 1"}));
+            if r.status() == 429 {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "the slow query never held the slot");
+            std::thread::sleep(Duration::from_millis(50));
+        };
         assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string()).as_deref(), Some("1"));
         let msg = error_of(r, 429, "too_many_requests");
         assert!(msg.contains("max_concurrent_queries"), "{msg}");
+        tx.send(()).unwrap();
         h.join().unwrap();
     });
     // The hung-up client's query was cancelled: the slot is free again.

@@ -371,7 +371,6 @@ mod tests {
         }
     }
 
-    #[test]
     /// Found by the `log_record` fuzz target: a create command whose
     /// schema hex holds a non-ASCII character sliced a string through the
     /// middle of that character and panicked.

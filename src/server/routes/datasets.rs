@@ -179,6 +179,12 @@ pub async fn upload(
     let mut cleanup = Cleanup::default();
     cleanup.add(staged.clone());
     let started = std::time::Instant::now();
+    // The conversion starts while the body arrives, in either body shape.
+    let prepare = |format: Format, path: &std::path::Path| -> Result<Preparation, ApiError> {
+        let settings = state.instance_settings();
+        let extensions = state.engines.extensions().clone();
+        Ok(Preparation::start(format, path, &staged, settings, extensions, encoding_for(format, encoding)?))
+    };
 
     let (spooled, format, preparation) = if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
         let mut mp = Multipart::from_request(req, &state).await.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -205,14 +211,7 @@ pub async fn upload(
             };
             let path = upload::spool_path(&layout.incoming_dir(), &id, format);
             cleanup.add(path.clone());
-            let mut preparation = Preparation::start(
-                format,
-                &path,
-                &staged,
-                state.instance_settings(),
-                state.engines.extensions().clone(),
-                encoding_for(format, encoding)?,
-            );
+            let mut preparation = prepare(format, &path)?;
             let mut body = IngestBody::new(field, limits, state.ingest_rate.clone(), auth.account.id.clone());
             upload::spool(&mut body, &path, &mut preparation).await?;
             break (path, format, preparation);
@@ -235,14 +234,7 @@ pub async fn upload(
         );
         let path = upload::spool_path(&layout.incoming_dir(), &id, format);
         cleanup.add(path.clone());
-        let mut preparation = Preparation::start(
-            format,
-            &path,
-            &staged,
-            state.instance_settings(),
-            state.engines.extensions().clone(),
-            encoding_for(format, encoding)?,
-        );
+        let mut preparation = prepare(format, &path)?;
         upload::spool(&mut body, &path, &mut preparation).await?;
         (path, format, preparation)
     };

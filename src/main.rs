@@ -13,6 +13,7 @@ mod meta;
 mod notebooks;
 mod pipelines;
 mod query;
+mod security;
 mod server;
 mod telemetry;
 

@@ -72,6 +72,25 @@ pub fn record_http_request(method: &str, route: &str, status: u16, latency: Dura
 
 /// Initialises structured logging to stderr. `DUCKPOND_LOG` (or `RUST_LOG`)
 /// sets the filter; `DUCKPOND_LOG_FORMAT=json` switches to JSON lines.
+/// stderr that drops what it cannot write (a full disk, a closed pipe) and
+/// counts it in `duckpond_log_write_failures_total`, instead of failing or
+/// panicking in the middle of a request.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().write_all(buf).is_err() {
+            metrics::counter!("duckpond_log_write_failures_total").increment(1);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 pub fn init_logging() {
     let filter = std::env::var("DUCKPOND_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -79,7 +98,10 @@ pub fn init_logging() {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        // A failed log write must never reach a request: tracing's default
+        // reports it with eprintln!, which panics when stderr's disk is full.
+        .log_internal_errors(false)
+        .with_writer(|| LossyStderr);
     let json = std::env::var("DUCKPOND_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }

@@ -6,9 +6,59 @@
 //! 256 bits of entropy there is nothing to brute-force, and authentication is
 //! on every request's path.
 
+use std::fmt;
+use std::str::FromStr;
+
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+/// What a key may do. Each scope includes the ones before it, so scopes
+/// compare: `Read < Write < Manage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Queries, listings, remote read, notebook files and session states.
+    Read,
+    /// Read, plus every ingest door (uploads, streams, remote write, dataset
+    /// deletion) and running notebook sessions.
+    Write,
+    /// Write, plus the account's keys and creating, renaming and deleting
+    /// notebooks.
+    Manage,
+}
+
+impl Scope {
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Manage => "manage",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "read" => Ok(Scope::Read),
+            "write" => Ok(Scope::Write),
+            "manage" => Ok(Scope::Manage),
+            other => Err(format!("unknown key scope {other:?}: use read, write or manage")),
+        }
+    }
+}
 
 /// Every account key starts with this, so leaked keys are recognisable.
 pub const KEY_PREFIX: &str = "dpk_";
@@ -57,7 +107,8 @@ pub fn constant_time_str_eq(a: &str, b: &str) -> bool {
     Sha256::digest(a.as_bytes()).ct_eq(&Sha256::digest(b.as_bytes())).into()
 }
 
-fn sha256_hex(s: &str) -> String {
+/// Hex SHA-256 of `s` (how secrets and session ids are stored).
+pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
@@ -91,6 +142,16 @@ mod tests {
         }
         let good = generate().token;
         assert!(parse(&good[..good.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn scopes_order_and_round_trip() {
+        assert!(Scope::Read < Scope::Write && Scope::Write < Scope::Manage);
+        for s in [Scope::Read, Scope::Write, Scope::Manage] {
+            assert_eq!(s.as_str().parse::<Scope>().unwrap(), s);
+        }
+        assert!("admin".parse::<Scope>().is_err());
+        assert!("Read".parse::<Scope>().is_err());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Accounts: identity, quotas, on-disk layout, API keys, and the service that
 //! creates and deletes them (CLI and admin API share it).
 
+pub mod browser;
 pub mod keys;
 pub mod layout;
+pub mod revocation;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,6 +15,9 @@ use utoipa::ToSchema;
 
 use crate::config::{Config, LimitsConfig};
 use crate::meta::{AccountRow, ApiKeyRow, MetaError, MetaStore};
+pub use keys::Scope;
+use revocation::Revocations;
+use std::sync::Arc;
 use duckpond_compactor::lake::InstanceSettings;
 use duckpond_compactor::{Extensions, LakeError};
 pub use layout::{AccountLayout, CatalogPlacement};
@@ -240,6 +245,8 @@ pub struct ApiKeyView {
     pub last_used_at: Option<DateTime<Utc>>,
     /// Revocation time, if revoked.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// What the key may do.
+    pub scope: Scope,
 }
 
 /// A key just created: the only time its token is shown.
@@ -288,15 +295,39 @@ pub enum AuthError {
     /// Malformed, unknown, wrong or revoked.
     #[error("invalid or revoked API key")]
     Invalid,
+    /// A browser session that does not exist (signed out, expired, or its
+    /// key revoked).
+    #[error("the browser session has ended: sign in again")]
+    SessionEnded,
+    /// The key is valid but its scope does not allow this.
+    #[error("this needs a key with the {needed} scope; the key used has {have}")]
+    Scope {
+        /// The scope the operation needs.
+        needed: Scope,
+        /// The key's scope.
+        have: Scope,
+    },
     /// The store could not answer.
     #[error(transparent)]
     Meta(#[from] MetaError),
+}
+
+/// Who made a request: an account, through one of its keys.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The account.
+    pub account: Account,
+    /// Id of the key used (directly or by the browser session it signed in).
+    pub key_id: String,
+    /// What the key may do.
+    pub scope: Scope,
 }
 
 /// Account operations over the metadata store and the filesystem.
 #[derive(Debug, Clone)]
 pub struct AccountService {
     meta: MetaStore,
+    revocations: Arc<Revocations>,
     limits: LimitsConfig,
     storage_root: PathBuf,
     extension_dir: PathBuf,
@@ -323,7 +354,9 @@ fn from_db<T: TryFrom<i64>>(v: Option<i64>, field: &str) -> Result<Option<T>, Ac
 impl AccountService {
     /// A service over `meta` with the daemon's configuration.
     pub fn new(meta: MetaStore, config: &Config) -> Self {
+        let interval = std::time::Duration::from_millis(config.security.revocation_check_interval_ms);
         Self {
+            revocations: Arc::new(Revocations::new(meta.clone(), interval)),
             meta,
             limits: config.limits.clone(),
             storage_root: config.storage.local_path.clone(),
@@ -391,7 +424,7 @@ impl AccountService {
             Err(e) => Err(e),
         };
         let result = match setup {
-            Ok(()) => self.create_key(&account, "initial").await,
+            Ok(()) => self.create_key(&account, "initial", Scope::Manage).await,
             Err(e) => Err(e),
         };
         match result {
@@ -434,6 +467,7 @@ impl AccountService {
     pub async fn delete(&self, name: &str) -> Result<Account, AccountError> {
         let account = self.get(name).await?;
         self.meta.delete_account(account.id.as_str()).await?;
+        self.revocations.notify();
         let layout = self.layout(&account);
         let root = layout.root().to_path_buf();
         let catalog = layout.catalog(&self.catalogs);
@@ -453,8 +487,8 @@ impl AccountService {
         Ok(account)
     }
 
-    /// Issues a new key for `account`.
-    pub async fn create_key(&self, account: &Account, label: &str) -> Result<IssuedKey, AccountError> {
+    /// Issues a new key for `account` with `scope`.
+    pub async fn create_key(&self, account: &Account, label: &str, scope: Scope) -> Result<IssuedKey, AccountError> {
         if label.chars().count() > KEY_LABEL_MAX_CHARS || label.chars().any(char::is_control) {
             return Err(AccountError::InvalidInput(format!(
                 "key label must be at most {KEY_LABEL_MAX_CHARS} printable characters"
@@ -469,6 +503,7 @@ impl AccountService {
             created_at_ms: now_ms(),
             last_used_at_ms: None,
             revoked_at_ms: None,
+            scope: scope.as_str().to_string(),
         };
         self.meta.insert_api_key(&row).await?;
         Ok(IssuedKey { key: key_view(&row), api_key: k.token })
@@ -483,11 +518,18 @@ impl AccountService {
     pub async fn revoke_key(&self, account: &Account, key: &str) -> Result<(), AccountError> {
         let id = keys::parse(key).map(|(id, _)| id).unwrap_or(key);
         self.meta.revoke_api_key(account.id.as_str(), id, now_ms()).await?;
+        // Open connections of this daemon re-check their keys now.
+        self.revocations.notify();
         Ok(())
     }
 
+    /// Revocation checks of open uploads, streams and websockets.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
     /// Resolves a presented key to its account.
-    pub async fn authenticate(&self, token: &str) -> Result<(Account, String), AuthError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let (id, secret) = keys::parse(token).ok_or(AuthError::Invalid)?;
         let (key, row) = match self.meta.api_key_with_account(id).await {
             Ok(found) => found,
@@ -502,7 +544,8 @@ impl AccountService {
             tracing::warn!(error = %e, "could not record key use");
         }
         let account = Self::account_of(row).map_err(|e| AuthError::Meta(MetaError::NotFound(e.to_string())))?;
-        Ok((account, key.id))
+        let scope = key.scope.parse().map_err(|e: String| AuthError::Meta(MetaError::NotFound(e)))?;
+        Ok(Principal { account, key_id: key.id, scope })
     }
 
     /// Bytes the account occupies on disk (catalog, data, log, uploads).
@@ -548,6 +591,8 @@ fn key_view(r: &ApiKeyRow) -> ApiKeyView {
         created_at: time_of(r.created_at_ms),
         last_used_at: r.last_used_at_ms.map(time_of),
         revoked_at: r.revoked_at_ms.map(time_of),
+        // A scope this binary does not know grants the least.
+        scope: r.scope.parse().unwrap_or(Scope::Read),
     }
 }
 

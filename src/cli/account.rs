@@ -63,6 +63,10 @@ pub enum KeyCommand {
         /// Label shown in listings.
         #[arg(long, default_value = "")]
         label: String,
+        /// What the key may do: read, write (read plus ingest) or manage
+        /// (write plus keys and notebooks).
+        #[arg(long, default_value = "read")]
+        scope: crate::accounts::Scope,
         #[command(flatten)]
         out: Output,
     },
@@ -218,13 +222,16 @@ async fn run_with(
 
 async fn run_key(svc: &AccountService, command: KeyCommand) -> anyhow::Result<()> {
     match command {
-        KeyCommand::Create { name, label, out } => {
+        KeyCommand::Create { name, label, scope, out } => {
             let account = svc.get(&name).await?;
-            let key = svc.create_key(&account, &label).await?;
+            let key = svc.create_key(&account, &label, scope).await?;
             if out.json {
                 print_json(&serde_json::to_value(&key)?)?;
             } else {
-                println!("key {} for {} (shown only now, store it): {}", key.key.id, account.name, key.api_key);
+                println!(
+                    "{} key {} for {} (shown only now, store it): {}",
+                    key.key.scope, key.key.id, account.name, key.api_key
+                );
             }
         }
         KeyCommand::List { name, out } => {

@@ -183,7 +183,7 @@ async fn local_key(home: &Home, config: &Config, account: &str) -> anyhow::Resul
     super::require_current_schema(&meta).await?;
     let svc = AccountService::new(meta, config);
     let acct = svc.get(account).await.with_context(|| format!("account {account}"))?;
-    let issued = svc.create_key(&acct, CLI_KEY_LABEL).await?;
+    let issued = svc.create_key(&acct, CLI_KEY_LABEL, crate::accounts::Scope::Write).await?;
     save_key(&path, &issued.api_key)?;
     eprintln!("issued an API key for the CLI ({}), kept in {}", issued.key.id, path.display());
     Ok(issued.api_key)

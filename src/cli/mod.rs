@@ -79,6 +79,9 @@ pub enum Command {
         #[command(subcommand)]
         command: data::StreamCommand,
     },
+    /// Print a new admin key (256 random bits, hex) for
+    /// security.admin_api_key_file or server.admin_api_key.
+    AdminKey,
 }
 
 /// Runs the parsed command line.
@@ -92,6 +95,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dataset { command } => data::run_dataset(&home, command).await,
         Command::Stream { command } => data::run_stream(&home, command).await,
         Command::Query { sql, format, client } => data::run_query(&home, sql, format, client).await,
+        Command::AdminKey => {
+            let mut bytes = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+            println!("{}", hex::encode(bytes));
+            Ok(())
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use crate::notebooks::sessions::SessionManager;
 use crate::pipelines::Pipelines;
 use crate::query::exec::Admission;
 use crate::query::Engines;
+use crate::security::connections::ConnectionLimits;
+use crate::security::throttle::AuthThrottle;
 use crate::server::{self, AppState};
 use crate::telemetry;
 use tokio::sync::Semaphore;
@@ -34,13 +36,16 @@ pub enum ApiCommand {
 
 pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let ApiCommand::Serve { host, port } = command;
-    // Process-backend notebooks run as our user: make /proc/<our pid>/
-    // (environ with the admin key, memory) unreadable to them and refuse
-    // ptrace. They can still read files our user can (docs/ARCHITECTURE.md).
+    // Nothing running as our user without our privileges may read
+    // /proc/<our pid>/ (environ, memory) or ptrace us; notebook sessions
+    // are further contained (docs/ARCHITECTURE.md, notebooks/backend).
     // SAFETY: prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let (config, meta) = super::connect(home, &FlagOverrides { host, port }).await?;
     super::require_current_schema(&meta).await?;
+    if let Some(admin_key) = config.admin_api_key() {
+        crate::security::redact::register_secret(admin_key);
+    }
     crate::server::error::set_private_paths(&[
         &home.dir,
         &config.storage.local_path,
@@ -75,8 +80,9 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     notebooks.sweep_orphans().await;
     notebooks.spawn_monitor();
     tracing::info!(backend = notebooks.backend_name(), limits = %notebooks.limits_in_force(), "notebook sessions");
+    let config = Arc::new(config);
     let state = AppState {
-        config: Arc::new(config),
+        config: config.clone(),
         accounts,
         engine: Arc::new(Mutex::new(engine)),
         metrics: telemetry::metrics_handle(),
@@ -89,6 +95,8 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         notebooks,
         proxy_client: crate::notebooks::proxy::http_client(),
         notebook_names: Arc::default(),
+        auth_throttle: Arc::new(AuthThrottle::new(&config.security)),
+        connections: ConnectionLimits::new(&config.security),
     };
     server::serve(state).await?;
     meta.close().await;

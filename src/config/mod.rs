@@ -49,6 +49,59 @@ pub struct Config {
     pub compactor: CompactorConfig,
     /// Prometheus remote write / read.
     pub prometheus: PrometheusConfig,
+    /// What every front door enforces: revocation, failed-authentication
+    /// throttling, connection caps.
+    pub security: SecurityConfig,
+}
+
+/// Shortest admin key accepted: 32 characters, as `duckpond admin-key`
+/// (or `openssl rand -hex 32`) makes them.
+pub const ADMIN_KEY_MIN_CHARS: usize = 32;
+
+/// `security:` section. Applies to every listener the daemon has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// A file holding the admin key (first line), read at start; keeps the
+    /// key out of the daemon's environment. Overrides `server.admin_api_key`.
+    pub admin_api_key_file: PathBuf,
+    /// Open uploads, streams and websockets re-check their key at least
+    /// this often (a revocation through this daemon's API is seen at once;
+    /// one made by the CLI or another process within this interval).
+    pub revocation_check_interval_ms: u64,
+    /// Window over which failed authentications are counted.
+    pub auth_failure_window_ms: u64,
+    /// Failed authentications from one client address within the window
+    /// after which that address gets 429 until the window has passed.
+    pub max_auth_failures_per_client: u32,
+    /// Failed authentications naming one key id within the window after
+    /// which that key id is refused (429) from every address.
+    pub max_auth_failures_per_key: u32,
+    /// Peers whose `X-Forwarded-For` names the client (a reverse proxy in
+    /// front of DuckPond); anyone else's header is ignored. IP addresses.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// A connection must finish sending a request's headers within this.
+    pub header_read_timeout_ms: u64,
+    /// Most open connections from one client address.
+    pub max_connections_per_client: u32,
+    /// Most open connections in all.
+    pub max_connections: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self {
+            admin_api_key_file: PathBuf::new(),
+            revocation_check_interval_ms: 1_000,
+            auth_failure_window_ms: 60_000,
+            max_auth_failures_per_client: 20,
+            max_auth_failures_per_key: 20,
+            trusted_proxies: Vec::new(),
+            header_read_timeout_ms: 10_000,
+            max_connections_per_client: 256,
+            max_connections: 4_096,
+        }
+    }
 }
 
 /// `prometheus:` section.
@@ -549,6 +602,7 @@ impl Config {
         let mut config: Config = fig.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         config.validate()?;
         config.resolve_paths(&home.dir);
+        config.load_admin_key_file()?;
         Ok(config)
     }
 
@@ -629,6 +683,43 @@ impl Config {
         if self.limits.default_max_concurrent_queries == 0 {
             return value("limits.default_max_concurrent_queries", "must be at least 1");
         }
+        let sec = &self.security;
+        if sec.revocation_check_interval_ms == 0 || sec.auth_failure_window_ms == 0 || sec.header_read_timeout_ms == 0
+        {
+            return value(
+                "security.revocation_check_interval_ms",
+                "auth_failure_window_ms and header_read_timeout_ms must be at least 1",
+            );
+        }
+        if sec.max_auth_failures_per_client == 0 || sec.max_auth_failures_per_key == 0 {
+            return value("security.max_auth_failures_per_client", "and max_auth_failures_per_key must be at least 1");
+        }
+        if sec.max_connections_per_client == 0 || sec.max_connections < sec.max_connections_per_client {
+            return value(
+                "security.max_connections_per_client",
+                "must be at least 1 and at most security.max_connections",
+            );
+        }
+        if let Some(key) = self.admin_api_key() {
+            check_admin_key(key).map_err(|message| ConfigError::Value { field: "server.admin_api_key", message })?;
+        }
+        Ok(())
+    }
+
+    /// Reads `security.admin_api_key_file` into the admin key (start-up).
+    pub fn load_admin_key_file(&mut self) -> Result<(), ConfigError> {
+        if self.security.admin_api_key_file.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let path = &self.security.admin_api_key_file;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Value {
+            field: "security.admin_api_key_file",
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        let key = text.lines().next().unwrap_or_default().trim().to_string();
+        check_admin_key(&key)
+            .map_err(|message| ConfigError::Value { field: "security.admin_api_key_file", message })?;
+        self.server.admin_api_key = key;
         Ok(())
     }
 
@@ -641,6 +732,9 @@ impl Config {
         resolve(&mut self.storage.local_path);
         resolve(&mut self.duckdb.extension_directory);
         resolve(&mut self.notebooks.python_env);
+        if !self.security.admin_api_key_file.as_os_str().is_empty() {
+            resolve(&mut self.security.admin_api_key_file);
+        }
         if let Some(rest) = self.database.url.strip_prefix("sqlite:") {
             let rest = rest.trim_start_matches("//");
             let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -651,10 +745,23 @@ impl Config {
         }
     }
 
-    /// The admin key, if the admin API is enabled.
+    /// The admin key, if the admin API is enabled (set in the file, the
+    /// environment or `security.admin_api_key_file`).
     pub fn admin_api_key(&self) -> Option<&str> {
         Some(self.server.admin_api_key.as_str()).filter(|k| !k.is_empty())
     }
+}
+
+/// An admin key is long enough and printable: guessing it must be as hard
+/// as guessing an account key's secret.
+fn check_admin_key(key: &str) -> Result<(), String> {
+    if key.chars().count() < ADMIN_KEY_MIN_CHARS || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "the admin key must be at least {ADMIN_KEY_MIN_CHARS} printable characters without spaces; \
+             make one with `duckpond admin-key` (or `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

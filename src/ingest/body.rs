@@ -5,7 +5,9 @@
 //!   without reading the rest;
 //! - the storage quota (507): bytes on disk plus bytes received so far;
 //! - the ingest rate: reading pauses instead of failing;
-//! - `body_read_timeout_ms` (408): the client sent nothing for that long.
+//! - `body_read_timeout_ms` (408): the client sent nothing for that long;
+//! - revocation (401): the key was revoked while the body streamed; what
+//!   was logged before the chunk stays (the stream's prefix reply).
 
 use std::fmt::Display;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::rate::IngestRate;
+use crate::accounts::revocation::KeyWatch;
 use crate::accounts::AccountId;
 use crate::server::error::ApiError;
 
@@ -73,6 +76,7 @@ pub struct IngestBody<S> {
     limits: BodyLimits,
     rate: Arc<IngestRate>,
     account: AccountId,
+    key: KeyWatch,
     received: u64,
 }
 
@@ -81,9 +85,9 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Display,
 {
-    /// Wraps `stream`.
-    pub fn new(stream: S, limits: BodyLimits, rate: Arc<IngestRate>, account: AccountId) -> Self {
-        Self { stream, limits, rate, account, received: 0 }
+    /// Wraps `stream`, sent with the key `key` watches.
+    pub fn new(stream: S, limits: BodyLimits, rate: Arc<IngestRate>, account: AccountId, key: KeyWatch) -> Self {
+        Self { stream, limits, rate, account, key, received: 0 }
     }
 
     /// Bytes received so far.
@@ -104,6 +108,11 @@ where
             Some(Ok(c)) => c,
             Some(Err(e)) => return Err(ApiError::BadRequest(format!("reading the request body failed: {e}"))),
         };
+        if self.key.check().await.is_err() {
+            return Err(ApiError::Unauthorized(
+                "the API key was revoked while the body was being sent; nothing from this chunk on is stored".into(),
+            ));
+        }
         self.received += chunk.len() as u64;
         if let Some(max) = self.limits.max_bytes {
             if self.received > max {

@@ -435,6 +435,11 @@ fn describe(conn: &duckdb::Connection, reader: &str) -> Result<Vec<(String, Stri
 /// or position it names), without the SQL it echoes (ours, naming server
 /// paths), and for undecodable text, which encodings can be asked for.
 fn reader_error(msg: &str, src: &Path, format: Format, encoding: Encoding) -> ApiError {
+    // DuckDB writing its temporary or staged files ran out of space: not
+    // the client's fault, and retrying once space returns is right.
+    if crate::server::error::says_disk_full(msg) {
+        return ApiError::InsufficientStorage("the server's disk is full; the upload was not stored".into());
+    }
     let msg = msg.split("\nLINE ").next().unwrap_or(msg).replace(&src.display().to_string(), "<upload>");
     let mut out = format!("the {} upload could not be read: {msg}", format.extension());
     let undecodable = ["Invalid unicode", "invalid unicode", "UTF-8", "UTF8", "utf-8"].iter().any(|k| msg.contains(k));

@@ -102,6 +102,23 @@ pub struct ApiKeyRow {
     pub last_used_at_ms: Option<i64>,
     /// Revocation time, Unix ms.
     pub revoked_at_ms: Option<i64>,
+    /// `read`, `write` or `manage`.
+    pub scope: String,
+}
+
+/// A row of `browser_sessions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserSessionRow {
+    /// Hex SHA-256 of the cookie's session id.
+    pub id_sha256: String,
+    /// The key that signed the browser in.
+    pub key_id: String,
+    /// Its account.
+    pub account_id: String,
+    /// Sign-in time, Unix ms.
+    pub created_at_ms: i64,
+    /// When the session ends, Unix ms.
+    pub expires_at_ms: i64,
 }
 
 /// Handle to the metadata database.
@@ -113,7 +130,8 @@ pub struct MetaStore {
 
 const ACCOUNT_COLUMNS: &str = "id, name, created_at_ms, max_storage_bytes, max_concurrent_queries, \
                                max_ingest_bytes_per_s, max_notebook_sessions";
-const KEY_COLUMNS: &str = "id, account_id, secret_sha256, label, created_at_ms, last_used_at_ms, revoked_at_ms";
+const KEY_COLUMNS: &str =
+    "id, account_id, secret_sha256, label, created_at_ms, last_used_at_ms, revoked_at_ms, scope";
 
 impl MetaStore {
     /// Connects (creating a SQLite file if needed); applies no migration.
@@ -273,6 +291,7 @@ impl MetaStore {
     /// Deletes an account and its keys in one transaction.
     pub async fn delete_account(&self, id: &str) -> Result<(), MetaError> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM browser_sessions WHERE account_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM api_keys WHERE account_id = $1").bind(id).execute(&mut *tx).await?;
         let res = sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id).execute(&mut *tx).await?;
         if res.rows_affected() == 0 {
@@ -284,7 +303,7 @@ impl MetaStore {
 
     /// Stores a new key.
     pub async fn insert_api_key(&self, k: &ApiKeyRow) -> Result<(), MetaError> {
-        let sql = format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+        let sql = format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)");
         sqlx::query(&sql)
             .bind(&k.id)
             .bind(&k.account_id)
@@ -293,6 +312,7 @@ impl MetaStore {
             .bind(k.created_at_ms)
             .bind(k.last_used_at_ms)
             .bind(k.revoked_at_ms)
+            .bind(&k.scope)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -327,19 +347,90 @@ impl MetaStore {
     }
 
     /// Marks a key revoked; revoking twice keeps the first time.
+    /// The browser sessions it signed in are deleted in the same transaction.
     pub async fn revoke_api_key(&self, account_id: &str, key_id: &str, now_ms: i64) -> Result<(), MetaError> {
+        let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "UPDATE api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, $1) WHERE id = $2 AND account_id = $3",
         )
         .bind(now_ms)
         .bind(key_id)
         .bind(account_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {
             return Err(MetaError::NotFound(format!("api key {key_id:?}")));
         }
+        sqlx::query("DELETE FROM browser_sessions WHERE key_id = $1").bind(key_id).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Of `key_ids`, the ones that still exist unrevoked (revocation checks
+    /// of open connections; a deleted account's keys are gone).
+    pub async fn live_key_ids(&self, key_ids: &[String]) -> Result<Vec<String>, MetaError> {
+        let mut live = Vec::new();
+        // Portable over the Any driver: no array binds, so one query per
+        // chunk of placeholders.
+        for chunk in key_ids.chunks(100) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("SELECT id FROM api_keys WHERE revoked_at_ms IS NULL AND id IN ({})", marks.join(", "));
+            let mut q = sqlx::query_scalar::<_, String>(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            live.extend(q.fetch_all(&self.pool).await?);
+        }
+        Ok(live)
+    }
+
+    /// Stores a browser session.
+    pub async fn insert_browser_session(&self, s: &BrowserSessionRow) -> Result<(), MetaError> {
+        sqlx::query(
+            "INSERT INTO browser_sessions (id_sha256, key_id, account_id, created_at_ms, expires_at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&s.id_sha256)
+        .bind(&s.key_id)
+        .bind(&s.account_id)
+        .bind(s.created_at_ms)
+        .bind(s.expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The unexpired session with this id hash and the key that made it.
+    pub async fn browser_session(&self, id_sha256: &str, now_ms: i64) -> Result<BrowserSessionRow, MetaError> {
+        let row = sqlx::query(
+            "SELECT id_sha256, key_id, account_id, created_at_ms, expires_at_ms FROM browser_sessions \
+             WHERE id_sha256 = $1 AND expires_at_ms > $2",
+        )
+        .bind(id_sha256)
+        .bind(now_ms)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| MetaError::NotFound("browser session".into()))?;
+        Ok(BrowserSessionRow {
+            id_sha256: row.try_get("id_sha256")?,
+            key_id: row.try_get("key_id")?,
+            account_id: row.try_get("account_id")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            expires_at_ms: row.try_get("expires_at_ms")?,
+        })
+    }
+
+    /// Deletes one browser session (sign-out); deleting a missing one is fine.
+    pub async fn delete_browser_session(&self, id_sha256: &str) -> Result<(), MetaError> {
+        sqlx::query("DELETE FROM browser_sessions WHERE id_sha256 = $1").bind(id_sha256).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Deletes sessions past their expiry; returns how many.
+    pub async fn purge_expired_browser_sessions(&self, now_ms: i64) -> Result<u64, MetaError> {
+        let res =
+            sqlx::query("DELETE FROM browser_sessions WHERE expires_at_ms <= $1").bind(now_ms).execute(&self.pool).await?;
+        Ok(res.rows_affected())
     }
 
     /// Records a use of a key, at most once per `resolution_ms` so that
@@ -385,5 +476,6 @@ fn key_from_row(r: AnyRow) -> Result<ApiKeyRow, sqlx::Error> {
         created_at_ms: r.try_get("created_at_ms")?,
         last_used_at_ms: r.try_get("last_used_at_ms")?,
         revoked_at_ms: r.try_get("revoked_at_ms")?,
+        scope: r.try_get("scope")?,
     })
 }

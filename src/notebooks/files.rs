@@ -265,12 +265,23 @@ impl NotebookStore {
             return Err(NotebookError::NameTaken(name));
         }
         let id = NotebookId::random();
-        std::fs::create_dir_all(self.notebook_dir(&id))?;
-        write_atomically(&self.file_path(&id), content.as_bytes())?;
-        // The metadata last: a notebook exists once it has a name.
-        let meta = Meta { name, created_at: Utc::now() };
-        write_atomically(&self.meta_path(&id), &serde_json::to_vec(&meta).expect("metadata serialises"))?;
-        self.summary(&id, meta)
+        let dir = self.notebook_dir(&id);
+        let written = (|| {
+            std::fs::create_dir_all(&dir)?;
+            write_atomically(&self.file_path(&id), content.as_bytes())?;
+            // The metadata last: a notebook exists once it has a name.
+            let meta = Meta { name, created_at: Utc::now() };
+            write_atomically(&self.meta_path(&id), &serde_json::to_vec(&meta).expect("metadata serialises"))?;
+            Ok::<_, NotebookError>(meta)
+        })();
+        match written {
+            Ok(meta) => self.summary(&id, meta),
+            Err(e) => {
+                // A disk that filled up halfway leaves no nameless directory.
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
     }
 
     /// Renames and/or replaces the content.

@@ -13,6 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use super::sessions::{ConnectionGuard, Session};
+use crate::accounts::revocation::KeyWatch;
 use std::sync::Arc;
 
 /// Connect deadline to a session's server.
@@ -101,10 +102,14 @@ pub async fn forward_http(
 
 /// Connects to the session's websocket, then upgrades the client's and
 /// pumps messages both ways (ping and pong included) until either closes.
+///
+/// The pump ends, closing both sides, when `key` (the key the websocket
+/// was opened with) is revoked.
 pub async fn forward_websocket(
     session: &Arc<Session>,
     upgrade: WebSocketUpgrade,
     path_and_query: &str,
+    key: KeyWatch,
 ) -> Result<Response<Body>, String> {
     let mut upstream_req = format!("ws://127.0.0.1:{}{path_and_query}", session.port())
         .into_client_request()
@@ -119,12 +124,12 @@ pub async fn forward_websocket(
             .map_err(|e| e.to_string())?;
     let guard = session.connection();
     let session = session.clone();
-    Ok(upgrade.on_upgrade(move |client| pump(client, upstream, session, guard)))
+    Ok(upgrade.on_upgrade(move |client| pump(client, upstream, session, guard, key)))
 }
 
 type Upstream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn pump(client: WebSocket, upstream: Upstream, session: Arc<Session>, _guard: ConnectionGuard) {
+async fn pump(client: WebSocket, upstream: Upstream, session: Arc<Session>, _guard: ConnectionGuard, mut key: KeyWatch) {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut up_tx, mut up_rx) = upstream.split();
     let s1 = session.clone();
@@ -149,10 +154,12 @@ async fn pump(client: WebSocket, upstream: Upstream, session: Arc<Session>, _gua
         }
         let _ = client_tx.close().await;
     };
-    // Either side ending ends both.
+    // Either side ending ends both; so does the key's revocation (the
+    // dropped halves close both connections).
     tokio::select! {
         _ = to_upstream => {},
         _ = to_client => {},
+        _ = key.revoked() => {},
     }
 }
 

@@ -417,6 +417,9 @@ impl SessionManager {
     }
 
     async fn fail(&self, session: &Session, reason: String) {
+        // marimo prints its URL with the access token at start, and errors
+        // name server paths: neither may reach the reason or the log.
+        let reason = crate::security::redact::scrub(&reason);
         tracing::warn!(notebook = %session.key.notebook, account = %session.key.account, %reason, "notebook session failed");
         metrics::counter!("duckpond_notebook_sessions_failed_total").increment(1);
         // `stopping` until the server is gone: a start in the meantime must

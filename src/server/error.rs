@@ -128,6 +128,32 @@ impl ApiError {
         ApiError::WithDetails { error: Box::new(self), details }
     }
 
+    /// The same error with `more` appended to its message (internal errors
+    /// keep their generic message).
+    pub fn with_more(self, more: &str) -> Self {
+        let add = |m: String| format!("{m}; {more}");
+        match self {
+            ApiError::BadRequest(m) => ApiError::BadRequest(add(m)),
+            ApiError::Unauthorized(m) => ApiError::Unauthorized(add(m)),
+            ApiError::Forbidden(m) => ApiError::Forbidden(add(m)),
+            ApiError::NotFound(m) => ApiError::NotFound(add(m)),
+            ApiError::RequestTimeout(m) => ApiError::RequestTimeout(add(m)),
+            ApiError::Conflict(m) => ApiError::Conflict(add(m)),
+            ApiError::PayloadTooLarge(m) => ApiError::PayloadTooLarge(add(m)),
+            ApiError::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(add(m)),
+            ApiError::TooManyRequests { message, retry_after_s } => {
+                ApiError::TooManyRequests { message: add(message), retry_after_s }
+            }
+            ApiError::BadGateway(m) => ApiError::BadGateway(add(m)),
+            ApiError::Unavailable { message, retry_after_s } => {
+                ApiError::Unavailable { message: add(message), retry_after_s }
+            }
+            ApiError::InsufficientStorage(m) => ApiError::InsufficientStorage(add(m)),
+            ApiError::WithDetails { error, details } => ApiError::WithDetails { error: Box::new(error.with_more(more)), details },
+            other @ (ApiError::MethodNotAllowed | ApiError::Internal(_)) => other,
+        }
+    }
+
     /// Builds the error for a status produced outside our handlers (framework
     /// rejections, timeouts), keeping its text as the message.
     pub fn from_status(status: StatusCode, message: String) -> Self {
@@ -161,57 +187,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Directories whose paths never appear in a reply (the daemon's home,
-/// data root, extension directory), set once at start.
-static PRIVATE_PATHS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
-/// Registers the server's private directories: every message sent to a
-/// client has any path below them replaced by `<server path>`. Call once at
-/// start; later calls are ignored.
-pub fn set_private_paths(dirs: &[&std::path::Path]) {
-    let mut out: Vec<String> = Vec::new();
-    for d in dirs {
-        let mut forms = vec![d.display().to_string()];
-        if let Ok(c) = d.canonicalize() {
-            forms.push(c.display().to_string());
-        }
-        for f in forms {
-            let f = f.trim_end_matches('/').to_string();
-            if f.len() > 1 && !out.contains(&f) {
-                out.push(f);
-            }
-        }
-    }
-    // Longest first, so a root inside another is replaced whole.
-    out.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    let _ = PRIVATE_PATHS.set(out);
-}
 
-/// `message` without server paths and account ids: a path below a private
-/// directory becomes `<server path>` up to the end of its token (DuckDB
-/// quotes paths inside the SQL it echoes), and a PostgreSQL catalog schema
-/// `duckpond_<account id>` becomes `duckpond_<account>`.
-pub fn scrub(message: &str) -> String {
-    let mut out = message.to_string();
-    for root in PRIVATE_PATHS.get().map(Vec::as_slice).unwrap_or_default() {
-        while let Some(at) = out.find(root.as_str()) {
-            let rest = &out[at + root.len()..];
-            let end = rest
-                .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | ')' | ',' | '`'))
-                .unwrap_or(rest.len());
-            out.replace_range(at..at + root.len() + end, "<server path>");
-        }
-    }
-    let mut from = 0;
-    while let Some(i) = out[from..].find("duckpond_").map(|i| i + from) {
-        let id = out[i + 9..].chars().take_while(|c| c.is_ascii_hexdigit()).count();
-        if id == 32 {
-            out.replace_range(i + 9..i + 9 + 32, "<account>");
-        }
-        from = i + 9;
-    }
-    out
-}
+pub use crate::security::redact::{scrub, set_private_paths};
 
 impl ApiError {
     fn respond(self, details: Option<serde_json::Value>) -> Response {
@@ -237,9 +215,33 @@ impl ApiError {
     }
 }
 
+/// The reply to a write the disk had no room for.
+fn disk_full() -> ApiError {
+    ApiError::InsufficientStorage("the server's disk is full; nothing was stored (retry when space is freed)".into())
+}
+
+/// Whether another component's error text says the disk is full (DuckDB
+/// and SQLite report it in words, not as an errno).
+pub fn says_disk_full(text: &str) -> bool {
+    ["No space left on device", "database or disk is full", "disk is full", "could not extend file"]
+        .iter()
+        .any(|k| text.contains(k))
+}
+
+fn io_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC)
+}
+
 impl From<MetaError> for ApiError {
     fn from(e: MetaError) -> Self {
         match e {
+            // SQLite's SQLITE_FULL (13), PostgreSQL's disk_full (53100).
+            MetaError::Db(sqlx::Error::Database(ref db))
+                if matches!(db.code().as_deref(), Some("13") | Some("53100")) || says_disk_full(db.message()) =>
+            {
+                disk_full()
+            }
+            MetaError::Db(sqlx::Error::Io(ref io)) if io_disk_full(io) => disk_full(),
             MetaError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             MetaError::Conflict(msg) => ApiError::Conflict(msg),
             MetaError::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
@@ -265,6 +267,7 @@ impl From<NotebookError> for ApiError {
             NotebookError::Starting => ApiError::Unavailable { message, retry_after_s: 1 },
             NotebookError::Upstream(_) => ApiError::BadGateway(message),
             NotebookError::Backend(e) => ApiError::Internal(e),
+            NotebookError::Io(e) if io_disk_full(&e) => disk_full(),
             NotebookError::Io(e) => ApiError::Internal(e.into()),
         }
     }
@@ -275,6 +278,7 @@ impl From<AccountError> for ApiError {
         match e {
             AccountError::InvalidInput(msg) => ApiError::BadRequest(msg),
             AccountError::Meta(m) => m.into(),
+            AccountError::Io { ref source, .. } if io_disk_full(source) => disk_full(),
             other => ApiError::Internal(other.into()),
         }
     }
@@ -283,7 +287,8 @@ impl From<AccountError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Missing | AuthError::Invalid => ApiError::Unauthorized(e.to_string()),
+            AuthError::Missing | AuthError::Invalid | AuthError::SessionEnded => ApiError::Unauthorized(e.to_string()),
+            AuthError::Scope { .. } => ApiError::Forbidden(e.to_string()),
             AuthError::Meta(m) => m.into(),
         }
     }

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod error;
 mod extract;
+mod listener;
 pub(crate) mod middleware;
 pub mod openapi;
 mod routes;
@@ -67,6 +68,10 @@ pub struct AppState {
     pub proxy_client: reqwest::Client,
     /// Serialises notebook creates and renames (names are unique).
     pub notebook_names: Arc<tokio::sync::Mutex<()>>,
+    /// Failed-authentication throttle (shared by every door).
+    pub auth_throttle: Arc<crate::security::throttle::AuthThrottle>,
+    /// Connection caps (shared by every listener).
+    pub connections: Arc<crate::security::connections::ConnectionLimits>,
 }
 
 impl AppState {
@@ -126,21 +131,19 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     let notebooks = state.notebooks.clone();
     println!("duckpond listening on http://{local}");
     tracing::info!(%local, "listening");
+    let listener = listener::Listener {
+        socket: listener,
+        limits: state.connections.clone(),
+        header_read_timeout: Duration::from_millis(state.config.security.header_read_timeout_ms),
+    };
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutdown requested; draining in-flight requests");
         let _ = stop_tx.send(true);
     });
-    let mut stop_rx = stop_rx;
-    tokio::select! {
-        res = server => res.context("serving HTTP")?,
-        _ = async {
-            let _ = stop_rx.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        } => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; closing remaining connections"),
-    }
+    listener.serve(app, stop_rx, grace).await;
     notebooks.shutdown().await;
     pipelines.shutdown(grace).await;
     tracing::info!("stopped");

@@ -6,8 +6,8 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::accounts::{AccountView, ApiKeyView, IssuedKey};
-use crate::server::auth::AuthedAccount;
+use crate::accounts::{AccountView, ApiKeyView, IssuedKey, Scope};
+use crate::server::auth::{AuthedAccount, Manager};
 use crate::server::error::ApiError;
 use crate::server::AppState;
 
@@ -63,15 +63,28 @@ pub struct AccountWithUsage {
     pub usage: Usage,
     /// Id of the key this request used.
     pub key_id: String,
+    /// That key's scope.
+    pub scope: Scope,
 }
 
-/// A new key's label.
+/// A new key's label and scope.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyRequest {
     /// Free-form label shown in listings.
     #[serde(default)]
     pub label: String,
+    /// What the key may do: `read` (the default: least privilege),
+    /// `write` (read plus ingest) or `manage` (write plus keys and notebooks).
+    #[serde(default)]
+    pub scope: Option<Scope>,
+}
+
+impl NewKeyRequest {
+    /// The scope asked for, `read` when none was.
+    pub fn scope(&self) -> Scope {
+        self.scope.unwrap_or(Scope::Read)
+    }
 }
 
 /// The caller's account, quotas and usage.
@@ -97,6 +110,7 @@ pub async fn get_account(
             quarantined_records: pipeline.quarantined().len() as u64,
         },
         key_id: auth.key_id,
+        scope: auth.scope,
     }))
 }
 
@@ -126,7 +140,7 @@ pub async fn quarantine(
 /// The caller's keys (never their secrets).
 #[utoipa::path(get, path = "/api/account/keys", tag = "account", security(("api_key" = [])),
     responses((status = 200, body = Vec<ApiKeyView>)))]
-pub async fn list_keys(State(state): State<AppState>, auth: AuthedAccount) -> Result<Json<Vec<ApiKeyView>>, ApiError> {
+pub async fn list_keys(State(state): State<AppState>, auth: Manager) -> Result<Json<Vec<ApiKeyView>>, ApiError> {
     Ok(Json(state.accounts.list_keys(&auth.account).await?))
 }
 
@@ -136,10 +150,10 @@ pub async fn list_keys(State(state): State<AppState>, auth: AuthedAccount) -> Re
     request_body = NewKeyRequest, responses((status = 201, body = IssuedKey)))]
 pub async fn create_key(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Manager,
     JsonOrDefault(req): JsonOrDefault<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.accounts.create_key(&auth.account, &req.label).await?)))
+    Ok((StatusCode::CREATED, Json(state.accounts.create_key(&auth.account, &req.label, req.scope()).await?)))
 }
 
 /// Revokes one of the caller's keys.
@@ -147,7 +161,7 @@ pub async fn create_key(
     params(("key_id" = String, Path)), responses((status = 204), (status = 404, body = crate::server::error::ErrorBody)))]
 pub async fn revoke_key(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Manager,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.accounts.revoke_key(&auth.account, &key_id).await?;

@@ -120,7 +120,7 @@ pub async fn create_key(
     JsonOrDefault(req): JsonOrDefault<NewKeyRequest>,
 ) -> Result<(StatusCode, Json<IssuedKey>), ApiError> {
     let account = state.accounts.get(&name).await?;
-    Ok((StatusCode::CREATED, Json(state.accounts.create_key(&account, &req.label).await?)))
+    Ok((StatusCode::CREATED, Json(state.accounts.create_key(&account, &req.label, req.scope()).await?)))
 }
 
 /// Revokes a key of an account.

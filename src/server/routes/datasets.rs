@@ -19,7 +19,7 @@ use crate::ingest::csv_dialect::Encoding;
 use crate::ingest::upload::{self, Cleanup, Format, Preparation, UploadOutcome};
 use crate::ingest::{Mode, Wait};
 use crate::query::catalog::{self, DatasetDetail, DatasetSummary, Preview};
-use crate::server::auth::AuthedAccount;
+use crate::server::auth::{AuthedAccount, Writer};
 use crate::server::error::{ApiError, ErrorBody};
 use crate::server::AppState;
 
@@ -152,7 +152,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub async fn upload(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Writer,
     Path(name): Path<String>,
     params: Result<Query<UploadParams>, axum::extract::rejection::QueryRejection>,
     req: Request,
@@ -212,7 +212,13 @@ pub async fn upload(
             let path = upload::spool_path(&layout.incoming_dir(), &id, format);
             cleanup.add(path.clone());
             let mut preparation = prepare(format, &path)?;
-            let mut body = IngestBody::new(field, limits, state.ingest_rate.clone(), auth.account.id.clone());
+            let mut body = IngestBody::new(
+                field,
+                limits,
+                state.ingest_rate.clone(),
+                auth.account.id.clone(),
+                state.accounts.revocations().watch(&auth.key_id),
+            );
             upload::spool(&mut body, &path, &mut preparation).await?;
             break (path, format, preparation);
         }
@@ -231,6 +237,7 @@ pub async fn upload(
             limits,
             state.ingest_rate.clone(),
             auth.account.id.clone(),
+            state.accounts.revocations().watch(&auth.key_id),
         );
         let path = upload::spool_path(&layout.incoming_dir(), &id, format);
         cleanup.add(path.clone());
@@ -345,7 +352,7 @@ pub async fn preview(
     responses((status = 200, body = ChangeOutcome), (status = 202, body = ChangeOutcome), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Writer,
     Path(name): Path<String>,
     params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(StatusCode, Json<ChangeOutcome>), ApiError> {

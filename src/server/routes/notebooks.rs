@@ -16,7 +16,7 @@ use crate::notebooks::backend::LaunchSpec;
 use crate::notebooks::files::{NotebookStore, NotebookSummary};
 use crate::notebooks::sessions::SessionView;
 use crate::notebooks::{proxy, NotebookError, NotebookId, SessionKey};
-use crate::server::auth::AuthedAccount;
+use crate::server::auth::{AuthedAccount, Manager, Writer};
 use crate::server::error::{ApiError, ErrorBody};
 use crate::server::extract::JsonOrDefault;
 use crate::server::AppState;
@@ -119,7 +119,7 @@ pub async fn list(State(state): State<AppState>, auth: AuthedAccount) -> Result<
         (status = 413, body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Manager,
     JsonOrDefault(req): JsonOrDefault<NewNotebook>,
 ) -> Result<(StatusCode, Json<NotebookInfo>), ApiError> {
     let store = store(&state, &auth);
@@ -154,7 +154,7 @@ pub async fn get(
         (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn update(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Manager,
     Path(id): Path<String>,
     JsonOrDefault(req): JsonOrDefault<NotebookUpdate>,
 ) -> Result<Json<NotebookInfo>, ApiError> {
@@ -174,7 +174,7 @@ pub async fn update(
     params(("id" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Manager,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     // Under the lock a start takes too: no session can begin between the
@@ -194,7 +194,7 @@ pub async fn delete(
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Writer,
     Path(id): Path<String>,
     params: Result<Query<StartParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
@@ -242,7 +242,7 @@ pub async fn start(
     params(("id" = String, Path)), responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Writer,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     let (id, _) = existing(&state, &auth, &id).await?;
@@ -264,7 +264,7 @@ pub async fn session(
 /// `/notebooks/{id}` and everything below: the proxy.
 pub async fn proxy(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Writer,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -288,7 +288,8 @@ pub async fn proxy(
             }
             let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
             drop(req);
-            proxy::forward_websocket(&session, upgrade, &path_and_query).await.map_err(NotebookError::Upstream)?
+            let key = state.accounts.revocations().watch(&auth.key_id);
+            proxy::forward_websocket(&session, upgrade, &path_and_query, key).await.map_err(NotebookError::Upstream)?
         }
         Err(_) => {
             let limit = usize::try_from(state.config.server.max_request_body_bytes).unwrap_or(usize::MAX);

@@ -15,7 +15,7 @@ use duckpond_schema::TableName;
 use crate::accounts::AccountId;
 use crate::ingest::prometheus::{self as prom, Limits, PromError, Protocol, Stored};
 use crate::query::Engines;
-use crate::server::auth::AuthedAccount;
+use crate::server::auth::{AuthedAccount, Writer};
 use crate::server::error::{ApiError, LAKE_RETRY_AFTER_S};
 use crate::server::AppState;
 
@@ -48,7 +48,7 @@ const WRITTEN_EXEMPLARS: &str = "x-prometheus-remote-write-exemplars-written";
     responses((status = 204), (status = 400, body = crate::server::error::ErrorBody),
         (status = 413, body = crate::server::error::ErrorBody), (status = 415, body = crate::server::error::ErrorBody),
         (status = 503, body = crate::server::error::ErrorBody)))]
-pub async fn write(State(state): State<AppState>, auth: AuthedAccount, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn write(State(state): State<AppState>, auth: Writer, headers: HeaderMap, body: Bytes) -> Response {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let proto = Protocol::from_content_type(ct);
     let mut res = match proto {

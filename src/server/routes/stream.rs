@@ -7,7 +7,7 @@ use axum::Json;
 use super::datasets::{body_limits, maybe_wait, pipeline_of, table_name, WaitParams};
 use crate::ingest::arrow_stream::{self, StreamOutcome, ARROW_STREAM_CONTENT_TYPE};
 use crate::ingest::body::IngestBody;
-use crate::server::auth::AuthedAccount;
+use crate::server::auth::Writer;
 use crate::server::error::{ApiError, ErrorBody};
 use crate::server::AppState;
 
@@ -22,7 +22,7 @@ use crate::server::AppState;
         (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub async fn arrow(
     State(state): State<AppState>,
-    auth: AuthedAccount,
+    auth: Writer,
     Path(table): Path<String>,
     params: Result<Query<WaitParams>, axum::extract::rejection::QueryRejection>,
     req: Request,
@@ -38,8 +38,13 @@ pub async fn arrow(
     let limits = body_limits(&state, &auth, None).await?;
     limits.check_quota(0)?;
     let pipeline = pipeline_of(&state, &auth).await?;
-    let mut body =
-        IngestBody::new(req.into_body().into_data_stream(), limits, state.ingest_rate.clone(), auth.account.id.clone());
+    let mut body = IngestBody::new(
+        req.into_body().into_data_stream(),
+        limits,
+        state.ingest_rate.clone(),
+        auth.account.id.clone(),
+        state.accounts.revocations().watch(&auth.key_id),
+    );
     let res = arrow_stream::ingest(
         pipeline.clone(),
         table,
@@ -61,6 +66,15 @@ pub async fn arrow(
         }
         Err((e, kept)) => {
             let details = serde_json::to_value(&kept).unwrap_or_default();
+            // The error's own words may say "not stored"; what came before it was.
+            let e = if kept.batches_kept > 0 {
+                e.with_more(&format!(
+                    "the stream's first {} batches ({} rows) were stored before this; resume from batch {}",
+                    kept.batches_kept, kept.rows_kept, kept.batches_kept
+                ))
+            } else {
+                e
+            };
             Err(e.with_details(details))
         }
     }

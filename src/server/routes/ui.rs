@@ -1,11 +1,12 @@
 //! The web UI: its embedded files (`ui/dist`, see build.rs) and the
-//! browser session: `POST /api/ui/session` turns an API key into an
-//! HttpOnly, SameSite=Strict cookie; `DELETE` clears it.
+//! browser session: `POST /api/ui/session` checks an API key and opens a
+//! browser session (`accounts::browser`) whose random id goes into an
+//! HttpOnly, SameSite=Strict cookie; `DELETE` ends the session.
 //!
-//! The cookie carries the key itself, so revoking the key ends every
-//! session using it and nothing server-side can go stale; page scripts
-//! cannot read it (HttpOnly) and other sites cannot send it (SameSite
-//! plus the Origin check of cookie-authenticated writes in `auth`).
+//! The cookie never holds the key: a copied cookie dies with sign-out or
+//! with its key's revocation. Page scripts cannot read it (HttpOnly) and
+//! other sites cannot send it (SameSite plus the Origin check of
+//! cookie-authenticated writes in `auth`).
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -14,7 +15,7 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::server::auth::{same_site_write, SESSION_COOKIE};
+use crate::server::auth::{same_site_write, ClientAddr, SESSION_COOKIE};
 use crate::server::error::{ApiError, ErrorBody};
 use crate::server::AppState;
 
@@ -99,6 +100,7 @@ fn cookie(state: &AppState, headers: &HeaderMap, value: &str, max_age_s: u64) ->
     responses((status = 204), (status = 401, body = ErrorBody)))]
 pub async fn sign_in(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     Json(req): Json<SignIn>,
 ) -> Result<Response, ApiError> {
@@ -108,21 +110,41 @@ pub async fn sign_in(
         return Err(ApiError::Forbidden("cross-site sign-in refused".into()));
     }
     let key = req.api_key.trim();
-    // Only key characters can reach the cookie (no `;` smuggling).
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(ApiError::Unauthorized("invalid or revoked API key".into()));
-    }
-    state.accounts.authenticate(key).await?;
-    let mut res = StatusCode::NO_CONTENT.into_response();
+    let key_id = crate::accounts::keys::parse(key).map(|(id, _)| id);
+    state.auth_throttle.check(client, key_id).map_err(|t| ApiError::TooManyRequests {
+        message: "too many failed authentications from this client or for this key; try again later".into(),
+        retry_after_s: t.retry_after.as_secs().max(1),
+    })?;
     let max_age = state.config.server.session_cookie_max_age_seconds;
-    res.headers_mut().insert(header::SET_COOKIE, cookie(&state, &headers, key, max_age));
+    let (_, session) = match state.accounts.sign_in(key, std::time::Duration::from_secs(max_age)).await {
+        Ok(signed_in) => signed_in,
+        Err(e @ crate::accounts::AuthError::Invalid) => {
+            state.auth_throttle.failed(client, key_id, "http-sign-in");
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    res.headers_mut().insert(header::SET_COOKIE, cookie(&state, &headers, &session, max_age));
     Ok(res)
 }
 
-/// Signs the browser out (clears the cookie).
+/// Signs the browser out: ends the session server-side (a copy of the
+/// cookie stops working too) and clears the cookie.
 #[utoipa::path(delete, path = "/api/ui/session", tag = "account", responses((status = 204)))]
-pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let session = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string());
+    if let Some(session) = session {
+        state.accounts.sign_out(&session).await?;
+    }
     let mut res = StatusCode::NO_CONTENT.into_response();
     res.headers_mut().insert(header::SET_COOKIE, cookie(&state, &headers, "", 0));
-    res
+    Ok(res)
 }

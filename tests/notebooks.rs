@@ -445,7 +445,7 @@ fn docker_session_is_limited_isolated_and_removed() {
     assert_eq!(c["Config"]["Labels"]["duckpond.account"], account["id"]);
     assert_eq!(c["HostConfig"]["Memory"], 700 * 1024 * 1024);
     assert_eq!(c["HostConfig"]["ReadonlyRootfs"], true);
-    assert_eq!(c["HostConfig"]["NetworkMode"], "host");
+    assert_eq!(c["HostConfig"]["NetworkMode"], "none");
     assert!(c["HostConfig"]["PidsLimit"].as_i64().unwrap() > 0);
     assert!(c["HostConfig"]["CpuQuota"].as_i64().unwrap() > 0);
     assert!(c["Config"]["User"].as_str().unwrap() != "", "runs as root");

@@ -94,6 +94,8 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
         assert!(set.contains(attr), "{attr} missing from {set}");
     }
     let cookie = set.split(';').next().unwrap().to_string();
+    // The cookie is a session id, never the key.
+    assert!(cookie.starts_with("duckpond_session=dps_") && !cookie.contains(&key), "{cookie}");
     // Reads work with the cookie alone.
     let res = http.get(server.url("/api/account")).header("Cookie", &cookie).send().unwrap();
     assert_eq!(res.status(), 200);
@@ -139,17 +141,31 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
         .send()
         .unwrap();
     assert_eq!(res.status(), 201);
-    // Sign-out clears the cookie.
+    // The admin API never takes a browser session, same-origin or not.
+    let res = http
+        .get(server.url("/api/admin/accounts"))
+        .header("Cookie", &cookie)
+        .header("Origin", format!("http://{host}"))
+        .send()
+        .unwrap();
+    error_of(res, 401, "unauthorized");
+    // Sign-out clears the cookie and ends the session: a copy of the cookie
+    // kept elsewhere stops working.
     let res = http.delete(server.url("/api/ui/session")).header("Cookie", &cookie).send().unwrap();
     assert!(res.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
-    // A revoked key's cookie stops working at once.
+    error_of(http.get(server.url("/api/account")).header("Cookie", &cookie).send().unwrap(), 401, "unauthorized");
+    // A revoked key's sessions stop working at once.
+    let res = http.post(server.url("/api/ui/session")).json(&serde_json::json!({"api_key": key})).send().unwrap();
+    assert_eq!(res.status(), 204);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert_eq!(http.get(server.url("/api/account")).header("Cookie", &cookie).send().unwrap().status(), 200);
     let keys: serde_json::Value =
         http.get(server.url("/api/account/keys")).header("X-API-Key", &key).send().unwrap().json().unwrap();
     let first = keys[0]["id"].as_str().unwrap().to_string();
     let other = http
         .post(server.url("/api/account/keys"))
         .header("X-API-Key", &key)
-        .json(&serde_json::json!({}))
+        .json(&serde_json::json!({"scope": "manage"}))
         .send()
         .unwrap()
         .json::<serde_json::Value>()

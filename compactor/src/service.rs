@@ -404,7 +404,7 @@ impl AccountCompactor {
                 Err(ApplyError::Broken { lsns, error }) => {
                     tracing::error!(account = %self.opts.metrics_label, error = %error,
                         "the lake writer's DuckDB instance broke; reopening it");
-                    *writer = self.open_writer()?;
+                    replace_broken(writer, self.open_writer()?);
                     writer.probe()?;
                     let culprit = match lsns.as_slice() {
                         [one] if broke_once.contains(one) => *one,
@@ -439,7 +439,7 @@ impl AccountCompactor {
             if msg.contains("invalidated") || msg.contains("INTERNAL") || msg.contains("FATAL") {
                 tracing::error!(account = %self.opts.metrics_label, error = %msg, "reopening the lake writer");
                 match self.open_writer() {
-                    Ok(w) => *writer = w,
+                    Ok(w) => replace_broken(writer, w),
                     Err(e) => tracing::warn!(account = %self.opts.metrics_label, error = %e, "reopening failed"),
                 }
             }
@@ -757,4 +757,17 @@ fn replay_schemas(
         }
     }
     Ok(schemas)
+}
+
+/// Puts `fresh` in place of a writer whose DuckDB instance was invalidated,
+/// and leaks the old one: DuckDB 1.5.5 throws from the destructor of a
+/// connection to an invalidated database (`ClientContext::Destroy`: FATAL
+/// "database has been invalidated"), and a throw from a destructor
+/// terminates the whole process (found by attack, issue 18: one account's
+/// record aborted the daemon in a restart loop). What leaks is one
+/// instance's memory per internal error, until the daemon restarts.
+fn replace_broken(writer: &mut LakeWriter, fresh: LakeWriter) {
+    let broken = std::mem::replace(writer, fresh);
+    std::mem::forget(broken);
+    metrics::counter!("duckpond_compactor_instances_leaked_total").increment(1);
 }

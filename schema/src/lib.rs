@@ -33,6 +33,8 @@ pub mod prompb {
     include!("generated/prometheus.rs");
 }
 
+pub mod nesting;
+pub mod parquet_footer;
 pub mod prom_decode;
 pub mod prom_wire;
 pub mod storable;

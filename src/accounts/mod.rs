@@ -15,12 +15,12 @@ use utoipa::ToSchema;
 
 use crate::config::{Config, LimitsConfig};
 use crate::meta::{AccountRow, ApiKeyRow, MetaError, MetaStore};
-pub use keys::Scope;
-use revocation::Revocations;
-use std::sync::Arc;
 use duckpond_compactor::lake::InstanceSettings;
 use duckpond_compactor::{Extensions, LakeError};
+pub use keys::Scope;
 pub use layout::{AccountLayout, CatalogPlacement};
+use revocation::Revocations;
+use std::sync::Arc;
 
 /// A key's `last_used_at` is written at most this often.
 const KEY_LAST_USED_RESOLUTION_MS: i64 = 60_000;

@@ -396,6 +396,14 @@ pub struct NotebooksConfig {
     /// Where the `process` backend creates session cgroups (cgroup v2 or
     /// the v1 memory/cpu/pids hierarchies). Empty: no cgroup limits.
     pub cgroup_root: PathBuf,
+    /// Run `process` sessions in a bubblewrap sandbox (own user, mount,
+    /// pid and network namespaces; only the account's lake, the notebook's
+    /// directory and the Python environment visible). `false` runs them as
+    /// the daemon's user with everything it can reach: only for a
+    /// single-user machine.
+    pub sandbox: bool,
+    /// The bubblewrap binary of the sandbox.
+    pub bwrap_path: PathBuf,
 }
 
 impl Default for NotebooksConfig {
@@ -415,6 +423,8 @@ impl Default for NotebooksConfig {
             stop_grace_period_ms: 3_000,
             python_env: "notebook-env".into(),
             cgroup_root: "/sys/fs/cgroup".into(),
+            sandbox: true,
+            bwrap_path: "/usr/bin/bwrap".into(),
         }
     }
 }
@@ -468,6 +478,11 @@ impl fmt::Display for PortRange {
 pub struct LimitsConfig {
     /// Largest file an upload accepts.
     pub max_file_size_mb: u64,
+    /// Deepest nesting accepted in any write (JSON, NDJSON, Parquet, Arrow),
+    /// in Parquet definition levels: an object/struct counts 1, an
+    /// array/list or map 2. Checked while the body streams, before DuckDB
+    /// sees it (see `duckpond_schema::nesting` for why; at most 250).
+    pub max_nesting_depth: u32,
     /// Uploads converted to Parquet at once; more wait their turn.
     pub max_concurrent_conversions: u32,
     /// Size of the log records an Arrow IPC stream is cut into.
@@ -492,6 +507,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_file_size_mb: 500,
+            max_nesting_depth: 32,
             max_concurrent_conversions: 2,
             stream_record_target_bytes: 4 * MIB,
             query_timeout_ms: 30_000,
@@ -648,6 +664,9 @@ impl Config {
         if self.notebooks.max_notebook_bytes == 0 {
             return value("notebooks.max_notebook_bytes", "must be at least 1");
         }
+        if !(1..=250).contains(&self.limits.max_nesting_depth) {
+            return value("limits.max_nesting_depth", "must be between 1 and 250 (DuckDB reads 255 levels at most)");
+        }
         if self.limits.max_file_size_mb == 0 {
             return value("limits.max_file_size_mb", "must be at least 1");
         }
@@ -684,8 +703,7 @@ impl Config {
             return value("limits.default_max_concurrent_queries", "must be at least 1");
         }
         let sec = &self.security;
-        if sec.revocation_check_interval_ms == 0 || sec.auth_failure_window_ms == 0 || sec.header_read_timeout_ms == 0
-        {
+        if sec.revocation_check_interval_ms == 0 || sec.auth_failure_window_ms == 0 || sec.header_read_timeout_ms == 0 {
             return value(
                 "security.revocation_check_interval_ms",
                 "auth_failure_window_ms and header_read_timeout_ms must be at least 1",

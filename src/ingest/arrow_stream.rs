@@ -75,6 +75,7 @@ pub async fn ingest<S, E>(
     body: &mut IngestBody<S>,
     record_target_bytes: u64,
     max_record_bytes: u64,
+    max_nesting_depth: usize,
 ) -> Result<StreamOutcome, (ApiError, StreamOutcome)>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -112,6 +113,8 @@ where
                 })?;
                 if schema.is_none() {
                     if let Some(s) = decoder.schema() {
+                        duckpond_schema::nesting::check_fields(s.fields().iter().map(|f| f.as_ref()), max_nesting_depth)
+                            .map_err(|e| ApiError::BadRequest(format!("the stream's schema is refused: {e}")))?;
                         let p = StoragePlan::new(&s).map_err(|e| {
                             ApiError::BadRequest(format!("the stream's schema cannot be stored exactly: {e}"))
                         })?;

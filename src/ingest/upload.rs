@@ -18,6 +18,8 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use duckpond_schema::nesting::JsonDepth;
+
 use super::body::IngestBody;
 use super::csv_dialect::{self, Dialect, Encoding};
 use super::Mode;
@@ -160,7 +162,7 @@ where
         let chunk = body.next_chunk().await?;
         let last = chunk.is_none();
         if let Some(chunk) = chunk {
-            preparation.feed(&chunk);
+            preparation.feed(&chunk)?;
             batch_bytes += chunk.len();
             batch.push(chunk);
         }
@@ -212,6 +214,8 @@ pub struct Preparation {
     encoding: Option<Encoding>,
     head: Vec<u8>,
     task: Option<tokio::task::JoinHandle<Result<Prepared, ApiError>>>,
+    /// JSON bodies: their nesting, followed as they stream.
+    depth: Option<JsonDepth>,
 }
 
 /// A conversion instance, and the dialect and encoding of a CSV.
@@ -231,6 +235,7 @@ impl Preparation {
         settings: InstanceSettings,
         extensions: Extensions,
         encoding: Option<Encoding>,
+        max_nesting_depth: usize,
     ) -> Self {
         let mut preparation = Self {
             src: src.to_path_buf(),
@@ -240,6 +245,11 @@ impl Preparation {
             encoding,
             head: Vec::new(),
             task: None,
+            depth: match format {
+                Format::Json => Some(JsonDepth::new(max_nesting_depth, true)),
+                Format::Ndjson => Some(JsonDepth::new(max_nesting_depth, false)),
+                Format::Csv | Format::Parquet => None,
+            },
         };
         if format != Format::Csv {
             preparation.launch(None);
@@ -247,10 +257,14 @@ impl Preparation {
         preparation
     }
 
-    /// Takes the next body chunk (its head, for a CSV).
-    fn feed(&mut self, chunk: &[u8]) {
+    /// Takes the next body chunk (its head, for a CSV; every byte of a
+    /// JSON body, for its nesting).
+    fn feed(&mut self, chunk: &[u8]) -> Result<(), ApiError> {
+        if let Some(depth) = &mut self.depth {
+            depth.feed(chunk).map_err(|e| ApiError::BadRequest(format!("the upload is refused: {e}")))?;
+        }
         if self.task.is_some() {
-            return;
+            return Ok(());
         }
         let room = csv_dialect::SNIFF_HEAD_BYTES - self.head.len();
         self.head.extend_from_slice(&chunk[..chunk.len().min(room)]);
@@ -258,6 +272,7 @@ impl Preparation {
             let head = csv_dialect::head_of(std::mem::take(&mut self.head), false);
             self.launch(Some(head));
         }
+        Ok(())
     }
 
     fn launch(&mut self, head: Option<Vec<u8>>) {
@@ -318,7 +333,39 @@ pub struct Converted {
 /// it reports) become 400, with the server's paths taken out. What the
 /// lake could not give back exactly is converted by a documented rule or
 /// refused (400 naming the column): see [`super::upload_types`].
-pub fn convert(prepared: Prepared, src: &Path, dst: &Path, format: Format) -> Result<Converted, ApiError> {
+/// Refuses a Parquet upload whose schema nests deeper than the limit, read
+/// from the footer without building the schema tree.
+fn check_parquet_nesting(src: &Path, limit: usize) -> Result<(), ApiError> {
+    use duckpond_schema::parquet_footer::{footer_range, schema_shape};
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |e: String| ApiError::BadRequest(format!("the parquet upload is refused: {e}"));
+    let io = |e: std::io::Error| storage_error(e, src);
+    let mut f = std::fs::File::open(src).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    if len < 12 {
+        return Err(bad("not a Parquet file (too short)".into()));
+    }
+    let mut last8 = [0u8; 8];
+    f.seek(SeekFrom::Start(len - 8)).map_err(io)?;
+    f.read_exact(&mut last8).map_err(io)?;
+    let (start, footer_len) = footer_range(len, last8).map_err(|e| bad(e.to_string()))?;
+    let mut footer = vec![0u8; footer_len as usize];
+    f.seek(SeekFrom::Start(start)).map_err(io)?;
+    f.read_exact(&mut footer).map_err(io)?;
+    let shape = schema_shape(&footer).map_err(|e| bad(e.to_string()))?;
+    if shape.group_depth > limit {
+        return Err(bad(duckpond_schema::nesting::TooDeep { depth: shape.group_depth, limit }.to_string()));
+    }
+    Ok(())
+}
+
+pub fn convert(
+    prepared: Prepared,
+    src: &Path,
+    dst: &Path,
+    format: Format,
+    max_nesting_depth: usize,
+) -> Result<Converted, ApiError> {
     let Prepared { conn, dialect, encoding } = prepared;
     let lit = |p: &Path| sql_string(&p.display().to_string());
     let reader = match format {
@@ -330,6 +377,8 @@ pub fn convert(prepared: Prepared, src: &Path, dst: &Path, format: Format) -> Re
     let refused =
         |e: super::upload_types::Refused| ApiError::BadRequest(format!("the {} upload {e}", format.extension()));
     if format == Format::Parquet {
+        // Before any reader builds the schema tree (both recurse on it).
+        check_parquet_nesting(src, max_nesting_depth)?;
         super::upload_types::check_parquet_input(src).map_err(refused)?;
     }
     // CSV readers infer only types the lake keeps (integers beyond 64 bits

@@ -130,8 +130,7 @@ pub struct MetaStore {
 
 const ACCOUNT_COLUMNS: &str = "id, name, created_at_ms, max_storage_bytes, max_concurrent_queries, \
                                max_ingest_bytes_per_s, max_notebook_sessions";
-const KEY_COLUMNS: &str =
-    "id, account_id, secret_sha256, label, created_at_ms, last_used_at_ms, revoked_at_ms, scope";
+const KEY_COLUMNS: &str = "id, account_id, secret_sha256, label, created_at_ms, last_used_at_ms, revoked_at_ms, scope";
 
 impl MetaStore {
     /// Connects (creating a SQLite file if needed); applies no migration.
@@ -428,8 +427,10 @@ impl MetaStore {
 
     /// Deletes sessions past their expiry; returns how many.
     pub async fn purge_expired_browser_sessions(&self, now_ms: i64) -> Result<u64, MetaError> {
-        let res =
-            sqlx::query("DELETE FROM browser_sessions WHERE expires_at_ms <= $1").bind(now_ms).execute(&self.pool).await?;
+        let res = sqlx::query("DELETE FROM browser_sessions WHERE expires_at_ms <= $1")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(res.rows_affected())
     }
 

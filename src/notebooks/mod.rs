@@ -12,6 +12,7 @@ pub mod backend;
 pub mod files;
 pub mod ports;
 pub mod proxy;
+pub mod relay;
 pub mod sessions;
 
 use std::fmt;

@@ -129,7 +129,13 @@ pub async fn forward_websocket(
 
 type Upstream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn pump(client: WebSocket, upstream: Upstream, session: Arc<Session>, _guard: ConnectionGuard, mut key: KeyWatch) {
+async fn pump(
+    client: WebSocket,
+    upstream: Upstream,
+    session: Arc<Session>,
+    _guard: ConnectionGuard,
+    mut key: KeyWatch,
+) {
     let (mut client_tx, mut client_rx) = client.split();
     let (mut up_tx, mut up_rx) = upstream.split();
     let s1 = session.clone();

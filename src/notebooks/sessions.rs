@@ -85,6 +85,9 @@ struct Inner {
     reason: Option<String>,
     handle: Option<Arc<Handle>>,
     lease: Option<PortLease>,
+    /// Keeps the account's SQLite catalog's `-wal` and `-shm` files in
+    /// existence while the session runs (see [`catalog_keepalive`]).
+    catalog: Option<sqlx::SqliteConnection>,
 }
 
 /// One session.
@@ -160,12 +163,13 @@ impl Session {
     /// Ends a stop once its server is gone: the port goes back to the pool
     /// only now, so no new session can be given a port still bound.
     fn settle(&self, to: SessionState) {
-        let lease = {
+        let (lease, catalog) = {
             let mut inner = self.inner.lock().expect("session lock");
             inner.state = to;
-            inner.lease.take()
+            (inner.lease.take(), inner.catalog.take())
         };
         drop(lease);
+        drop(catalog);
     }
 }
 
@@ -307,6 +311,7 @@ impl SessionManager {
                     reason: None,
                     handle: None,
                     lease: Some(lease),
+                    catalog: None,
                 }),
                 key: key.clone(),
             });
@@ -336,6 +341,10 @@ impl SessionManager {
 
     async fn bring_up(&self, session: Arc<Session>, spec: LaunchSpec) {
         let started = std::time::Instant::now();
+        if let Some(catalog) = &spec.catalog_sqlite {
+            let keepalive = catalog_keepalive(catalog).await;
+            session.inner.lock().expect("session lock").catalog = keepalive;
+        }
         let handle = match self.backend.launch(&spec).await {
             Ok(h) => Arc::new(h),
             Err(e) => {
@@ -534,6 +543,31 @@ impl SessionManager {
         }
         metrics::gauge!("duckpond_notebook_sessions_ready").set(live as f64);
         metrics::gauge!("duckpond_notebook_ports_in_use").set(self.ports.in_use() as f64);
+    }
+}
+
+/// A read-only connection to the account's SQLite catalog, held by the
+/// daemon while a session runs. A session sees the catalog read-only (a
+/// read-only mount), and SQLite can read a WAL-mode database read-only only
+/// while its `-wal` and `-shm` files exist; they are deleted when the last
+/// connection closes, which the daemon's own may do between flushes. An
+/// idle connection holds no read lock, so checkpoints go on. None (logged)
+/// when it cannot be opened: the session then reports the catalog's error.
+async fn catalog_keepalive(path: &std::path::Path) -> Option<sqlx::SqliteConnection> {
+    use sqlx::Connection;
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+    let opened = async {
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+        // Reading opens the WAL index (creating -shm).
+        sqlx::query("SELECT count(*) FROM sqlite_master").execute(&mut conn).await?;
+        Ok::<_, sqlx::Error>(conn)
+    };
+    match opened.await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not hold the catalog open for a notebook session");
+            None
+        }
     }
 }
 

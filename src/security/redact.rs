@@ -42,7 +42,9 @@ pub fn redact_secrets(text: &str) -> String {
             let whole = marker.starts_with("dp");
             let value_start = if whole { at + marker.len() } else { at + marker.len() };
             let len = out[value_start..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '~' | '%' | '+' | '/' | '=')))
+                .find(|c: char| {
+                    !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '~' | '%' | '+' | '/' | '='))
+                })
                 .unwrap_or(out.len() - value_start);
             if len == 0 {
                 from = value_start;
@@ -103,7 +105,6 @@ pub fn scrub(message: &str) -> String {
     }
     out
 }
-
 
 #[cfg(test)]
 mod tests {

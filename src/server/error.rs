@@ -149,7 +149,9 @@ impl ApiError {
                 ApiError::Unavailable { message: add(message), retry_after_s }
             }
             ApiError::InsufficientStorage(m) => ApiError::InsufficientStorage(add(m)),
-            ApiError::WithDetails { error, details } => ApiError::WithDetails { error: Box::new(error.with_more(more)), details },
+            ApiError::WithDetails { error, details } => {
+                ApiError::WithDetails { error: Box::new(error.with_more(more)), details }
+            }
             other @ (ApiError::MethodNotAllowed | ApiError::Internal(_)) => other,
         }
     }
@@ -186,8 +188,6 @@ impl IntoResponse for ApiError {
         inner.respond(details)
     }
 }
-
-
 
 pub use crate::security::redact::{scrub, set_private_paths};
 

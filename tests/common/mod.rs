@@ -78,6 +78,25 @@ impl TestEnv {
         env
     }
 
+    /// A home created inside `parent` (a file system of the test's own).
+    pub fn new_in(backend: Backend, parent: &Path) -> Self {
+        let home = tempfile::tempdir_in(parent).unwrap();
+        let database_url = match backend {
+            Backend::Sqlite => "sqlite:metadata.db".to_string(),
+            Backend::Postgres => fresh_postgres_database(),
+        };
+        let env = Self { home, backend, database_url };
+        env.write_config("");
+        env
+    }
+
+    /// [`TestEnv::migrated`] inside `parent`.
+    pub fn migrated_in(backend: Backend, parent: &Path) -> Self {
+        let env = Self::new_in(backend, parent);
+        env.ok(&["db", "upgrade"]);
+        env
+    }
+
     /// A home whose schema is migrated.
     pub fn migrated(backend: Backend) -> Self {
         let env = Self::new(backend);

@@ -1,8 +1,10 @@
 //! The `docker` backend: one container per session through the local engine
 //! (bollard), built from the image `.ci/notebook-image.sh` makes locally.
 //!
-//! The container uses host networking but marimo binds 127.0.0.1 only (no
-//! bridge, no private addresses), runs as an unprivileged user with every
+//! The container has no network (`--network none`: a loopback device of its
+//! own), so it reaches no service of the host; the daemon reaches marimo
+//! through a [`Relay`] into the container's network namespace (found by
+//! the container's pid). It runs as an unprivileged user with every
 //! capability dropped, `no-new-privileges`, a read-only root with a tmpfs
 //! /tmp, memory (no swap), CPU quota, pids and shm caps, the account's
 //! directory mounted read-only at /lake and only its own notebook's
@@ -24,6 +26,7 @@ use futures_util::StreamExt;
 
 use super::{tail_lines, LaunchSpec, Limits, OUTPUT_TAIL_LINES};
 use crate::config::NotebooksConfig;
+use crate::notebooks::relay::Relay;
 
 /// Label every DuckPond container carries: the daemon instance.
 const LABEL_INSTANCE: &str = "duckpond.instance";
@@ -58,6 +61,8 @@ pub struct DockerBackend {
 pub struct ContainerHandle {
     id: String,
     dir: PathBuf,
+    /// Into the container's network namespace.
+    _relay: Option<Relay>,
 }
 
 impl DockerBackend {
@@ -146,7 +151,7 @@ impl DockerBackend {
             ("duckpond.session".to_string(), spec.session_id.clone()),
         ]);
         let host_config = HostConfig {
-            network_mode: Some("host".into()),
+            network_mode: Some("none".into()),
             memory: Some(memory),
             memory_swap: Some(memory),
             cpu_period: Some(CPU_PERIOD_US),
@@ -183,12 +188,29 @@ impl DockerBackend {
             .create_container(Some(CreateContainerOptionsBuilder::new().name(&name).build()), body)
             .await
             .with_context(|| format!("creating container {name} from image {}", self.image))?;
-        let handle = ContainerHandle { id: created.id, dir };
+        let mut handle = ContainerHandle { id: created.id, dir, _relay: None };
         if let Err(e) = self.docker.start_container(&handle.id, None).await {
             self.remove(&handle).await;
             return Err(anyhow::Error::new(e).context(format!("starting container {name}")));
         }
+        match self.relay_into(&handle.id, spec.port).await {
+            Ok(relay) => handle._relay = Some(relay),
+            Err(e) => {
+                self.remove(&handle).await;
+                return Err(e.context(format!("reaching container {name}")));
+            }
+        }
         Ok(handle)
+    }
+
+    /// A relay from the host's loopback `port` into the container's network
+    /// namespace.
+    async fn relay_into(&self, id: &str, port: u16) -> anyhow::Result<Relay> {
+        let info = self.docker.inspect_container(id, None).await.context("inspecting the container")?;
+        let pid = info.state.and_then(|s| s.pid).filter(|&p| p > 0).context("the container has no process")?;
+        let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .context("opening the container's network namespace (the daemon must run as root)")?;
+        Relay::start(netns, port).context("starting the relay into the container")
     }
 
     /// Why the container is gone (or its kernel was OOM-killed).
@@ -261,7 +283,7 @@ impl DockerBackend {
             if let Some(id) = c.id {
                 n += 1;
                 let dir = self.sessions_dir.join("-");
-                self.remove(&ContainerHandle { id, dir }).await;
+                self.remove(&ContainerHandle { id, dir, _relay: None }).await;
             }
         }
         if let Ok(entries) = std::fs::read_dir(&self.sessions_dir) {

@@ -7,6 +7,17 @@
 //! `DUCKPOND_SESSION=<id>` that every descendant inherits: without cgroups,
 //! stop and orphan sweeps find marimo's kernels (which call setsid()) by it.
 //! The token reaches marimo on stdin, never on a command line.
+//!
+//! With `notebooks.sandbox` (the default) the session runs in bubblewrap:
+//! new user (no capabilities, `no_new_privs`), mount, pid, IPC, UTS and
+//! network namespaces. Its file system is the system's `/usr` (and the
+//! `/bin`, `/lib` links), the Python environment and its base interpreter,
+//! read-only; the account's directory read-only; the notebook's directory
+//! and the session's home writable; a private `/tmp`, `/dev` and `/proc`.
+//! Nothing else exists for it: not other accounts, the metadata database,
+//! the configuration, the daemon's `/proc` entry or other sessions' files.
+//! Its network namespace has only a loopback device; the daemon reaches
+//! marimo through a [`Relay`] into it.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -21,6 +32,16 @@ use tokio::io::AsyncWriteExt;
 use super::cgroup::{Cgroups, SessionCgroup};
 use super::{tail_lines, LaunchSpec, Limits};
 use crate::config::NotebooksConfig;
+use crate::notebooks::relay::Relay;
+
+/// The descriptor bubblewrap reports the sandbox's pid on (`--info-fd`).
+const BWRAP_INFO_FD: i32 = 3;
+/// Longest wait for bubblewrap to report the sandbox's pid.
+const BWRAP_INFO_TIMEOUT_MS: u64 = 10_000;
+/// `/etc/hosts` inside the sandbox.
+const SANDBOX_HOSTS: &str = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n";
+/// The session's user and group inside its user namespace.
+const SANDBOX_UID: u32 = 1000;
 
 /// Name of the marker variable every process of a session carries.
 const SESSION_ENV: &str = "DUCKPOND_SESSION";
@@ -38,6 +59,16 @@ pub struct ProcessBackend {
     limits: Limits,
     sessions_dir: PathBuf,
     cgroups: Cgroups,
+    sandbox: Option<Sandbox>,
+}
+
+/// What the bubblewrap sandbox needs to know about this host.
+#[derive(Debug, Clone)]
+struct Sandbox {
+    bwrap: PathBuf,
+    /// Directories mounted read-only at the same path: the Python
+    /// environment and the interpreter it was made from.
+    python_dirs: Vec<PathBuf>,
 }
 
 /// A running session's process tree.
@@ -48,6 +79,8 @@ pub struct ProcessHandle {
     child: Mutex<tokio::process::Child>,
     cgroup: Option<SessionCgroup>,
     dir: PathBuf,
+    /// Into the sandbox's network namespace (sandboxed sessions only).
+    _relay: Option<Relay>,
 }
 
 /// What survives a daemon crash: enough to find and kill the tree.
@@ -85,12 +118,29 @@ impl ProcessBackend {
                 "notebook sessions run WITHOUT memory, CPU and pids caps on this host; use the docker backend for enforced limits"
             );
         }
-        Ok(Self { marimo, env_bin, limits, sessions_dir, cgroups })
+        let sandbox = if config.sandbox {
+            if !config.bwrap_path.exists() {
+                tracing::warn!(
+                    path = %config.bwrap_path.display(),
+                    "bubblewrap is not installed: sandboxed notebook sessions will fail to start (apt install \
+                     bubblewrap, or set notebooks.sandbox: false on a single-user machine)"
+                );
+            }
+            Some(Sandbox { bwrap: config.bwrap_path.clone(), python_dirs: python_dirs(&config.python_env) })
+        } else {
+            tracing::warn!(
+                "notebooks.sandbox is false: notebook sessions can read and write whatever the daemon's user can, \
+                 and reach every loopback service"
+            );
+            None
+        };
+        Ok(Self { marimo, env_bin, limits, sessions_dir, cgroups, sandbox })
     }
 
     /// What limits sessions on this host.
     pub fn limits_in_force(&self) -> String {
-        format!("process: {}", self.cgroups.describe())
+        let isolation = if self.sandbox.is_some() { "bubblewrap sandbox" } else { "no sandbox" };
+        format!("process: {isolation}; {}", self.cgroups.describe())
     }
 
     /// Spawns marimo for `spec`.
@@ -110,7 +160,7 @@ impl ProcessBackend {
             .create(&spec.session_id, &self.limits)
             .context("creating the session's cgroup (set notebooks.cgroup_root to \"\" to run without)")?;
         let launched = self.spawn(spec, &home, log, cgroup.as_ref()).await;
-        let child = match launched {
+        let (child, relay) = match launched {
             Ok(c) => c,
             Err(e) => {
                 if let Some(cg) = &cgroup {
@@ -127,6 +177,7 @@ impl ProcessBackend {
             child: Mutex::new(child),
             cgroup,
             dir,
+            _relay: relay,
         };
         let recorded = (|| {
             anyhow::ensure!(handle.pid > 0, "marimo exited at once");
@@ -153,10 +204,24 @@ impl ProcessBackend {
         home: &Path,
         log: std::fs::File,
         cgroup: Option<&SessionCgroup>,
-    ) -> anyhow::Result<tokio::process::Child> {
-        let mut cmd = tokio::process::Command::new(&self.marimo);
+    ) -> anyhow::Result<(tokio::process::Child, Option<Relay>)> {
+        let notebook = spec.notebook_dir.join(super::super::files::NOTEBOOK_FILE);
+        let mut cmd = match &self.sandbox {
+            Some(sandbox) => {
+                if !sandbox.bwrap.exists() {
+                    anyhow::bail!(
+                        "bubblewrap is not installed (notebooks.bwrap_path); install it (apt install bubblewrap) \
+                         or set notebooks.sandbox: false on a single-user machine"
+                    );
+                }
+                let mut cmd = tokio::process::Command::new(&sandbox.bwrap);
+                cmd.args(sandbox.args(spec, home)).arg("--").arg(&self.marimo);
+                cmd
+            }
+            None => tokio::process::Command::new(&self.marimo),
+        };
         cmd.arg("edit")
-            .arg(spec.notebook_dir.join(super::super::files::NOTEBOOK_FILE))
+            .arg(&notebook)
             .args(["--headless", "--host", "127.0.0.1", "--port", &spec.port.to_string()])
             .args(["--base-url", &spec.base_url, "--token", "--token-password-file", "-"])
             .args(["--skip-update-check", "--no-sandbox"])
@@ -164,6 +229,8 @@ impl ProcessBackend {
             .env_clear()
             .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", self.env_bin.display()))
             .env("HOME", home)
+            .env("TMPDIR", "/tmp")
+            .env("USER", "notebook")
             .env("LANG", "C.UTF-8")
             .env("MARIMO_SKIP_UPDATE_CHECK", "1")
             .env(SESSION_ENV, &spec.session_id)
@@ -188,8 +255,13 @@ impl ProcessBackend {
             None => Vec::new(),
         };
         let fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        // bubblewrap writes `{"child-pid": N}` on this pipe once the
+        // sandbox exists: N's network namespace is where the relay goes.
+        let info = if self.sandbox.is_some() { Some(InfoPipe::new()?) } else { None };
+        let info_write = info.as_ref().map(|p| p.write_fd());
         // SAFETY: the closure only calls async-signal-safe functions (write,
-        // open, close) on memory prepared before fork; it allocates nothing.
+        // open, close, dup2, fcntl) on memory prepared before fork; it
+        // allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
                 for &fd in &fds {
@@ -203,15 +275,44 @@ impl ProcessBackend {
                     libc::write(adj, b"1000".as_ptr().cast(), 4);
                     libc::close(adj);
                 }
+                if let Some(fd) = info_write {
+                    // dup2 onto itself would keep close-on-exec.
+                    if fd == BWRAP_INFO_FD {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, BWRAP_INFO_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.marimo.display()))?;
+        let program = cmd.as_std().get_program().to_owned();
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", Path::new(&program).display()))?;
         drop(procs);
         let mut stdin = child.stdin.take().context("marimo's stdin")?;
         stdin.write_all(format!("{}\n", spec.token).as_bytes()).await.context("passing the token to marimo")?;
         drop(stdin);
-        Ok(child)
+        let relay = match info {
+            None => None,
+            Some(info) => {
+                let started = async {
+                    let pid = info.child_pid().await?;
+                    let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                        .context("opening the sandbox's network namespace")?;
+                    Relay::start(netns, spec.port).context("starting the relay into the sandbox (needs root)")
+                };
+                match started.await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        let _ = child.start_kill();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        Ok((child, relay))
     }
 
     /// Why the session is gone, or None while it runs.
@@ -296,6 +397,147 @@ impl ProcessBackend {
     /// The end of the server's log.
     pub fn output_tail(&self, h: &ProcessHandle) -> String {
         read_tail(&h.dir.join("marimo.log"))
+    }
+}
+
+impl Sandbox {
+    /// bubblewrap's arguments for `spec`, up to the program to run.
+    fn args(&self, spec: &LaunchSpec, home: &Path) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = Vec::new();
+        let mut push = |parts: &[&std::ffi::OsStr]| a.extend(parts.iter().map(|p| p.to_os_string()));
+        let uid = SANDBOX_UID.to_string();
+        push(&["--unshare-all".as_ref(), "--new-session".as_ref()]);
+        push(&["--uid".as_ref(), uid.as_ref(), "--gid".as_ref(), uid.as_ref()]);
+        // Private /proc, /dev and /tmp first: the binds below may lie inside
+        // /tmp (a test's home) and must not be hidden by the new one.
+        push(&["--proc".as_ref(), "/proc".as_ref(), "--dev".as_ref(), "/dev".as_ref()]);
+        push(&["--tmpfs".as_ref(), "/tmp".as_ref(), "--tmpfs".as_ref(), "/dev/shm".as_ref()]);
+        push(&["--ro-bind".as_ref(), "/usr".as_ref(), "/usr".as_ref()]);
+        // Merged-/usr systems have these as links into /usr.
+        for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+            match std::fs::symlink_metadata(top) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    if let Ok(target) = std::fs::read_link(top) {
+                        push(&["--symlink".as_ref(), target.as_os_str(), top.as_ref()]);
+                    }
+                }
+                Ok(_) => push(&["--ro-bind".as_ref(), top.as_ref(), top.as_ref()]),
+                Err(_) => {}
+            }
+        }
+        // What Python and its libraries read from /etc; nothing secret.
+        for etc in ["/etc/ssl", "/etc/ca-certificates", "/etc/fonts", "/etc/localtime", "/etc/mime.types"] {
+            push(&["--ro-bind-try".as_ref(), etc.as_ref(), etc.as_ref()]);
+        }
+        // marimo's kernel talks to its server on `localhost`: the name must
+        // resolve inside (the host's own /etc/hosts is not shown).
+        if let Some(dir) = home.parent() {
+            let hosts = dir.join("hosts");
+            if std::fs::write(&hosts, SANDBOX_HOSTS).is_ok() {
+                push(&["--ro-bind".as_ref(), hosts.as_os_str(), "/etc/hosts".as_ref()]);
+            }
+        }
+        for dir in &self.python_dirs {
+            push(&["--ro-bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
+        }
+        push(&["--ro-bind".as_ref(), spec.account_root.as_os_str(), spec.account_root.as_os_str()]);
+        push(&["--bind".as_ref(), spec.notebook_dir.as_os_str(), spec.notebook_dir.as_os_str()]);
+        push(&["--bind".as_ref(), home.as_os_str(), home.as_os_str()]);
+        push(&["--chdir".as_ref(), spec.notebook_dir.as_os_str()]);
+        let info = BWRAP_INFO_FD.to_string();
+        push(&["--info-fd".as_ref(), info.as_ref()]);
+        a
+    }
+}
+
+/// The Python environment and, for a venv, the installation its
+/// `pyvenv.cfg` names (`home = <prefix>/bin`): both must be visible.
+fn python_dirs(env: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![env.to_path_buf()];
+    if let Ok(cfg) = std::fs::read_to_string(env.join("pyvenv.cfg")) {
+        for line in cfg.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim() == "home" {
+                    let bin = PathBuf::from(v.trim());
+                    let prefix = std::fs::canonicalize(&bin).unwrap_or(bin);
+                    if let Some(p) = prefix.parent() {
+                        dirs.push(p.to_path_buf());
+                    }
+                }
+            }
+        }
+    }
+    // The interpreter the venv links to may live elsewhere still.
+    if let Ok(real) = std::fs::canonicalize(env.join("bin").join("python")) {
+        if let Some(prefix) = real.parent().and_then(Path::parent) {
+            if !dirs.iter().any(|d| prefix.starts_with(d)) {
+                dirs.push(prefix.to_path_buf());
+            }
+        }
+    }
+    dirs
+}
+
+/// The pipe bubblewrap reports on.
+struct InfoPipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl InfoPipe {
+    fn new() -> anyhow::Result<Self> {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 fills two descriptors we then own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("creating bubblewrap's info pipe");
+        }
+        // SAFETY: fresh descriptors from pipe2.
+        unsafe {
+            Ok(Self {
+                read: std::os::fd::FromRawFd::from_raw_fd(fds[0]),
+                write: std::os::fd::FromRawFd::from_raw_fd(fds[1]),
+            })
+        }
+    }
+
+    fn write_fd(&self) -> i32 {
+        self.write.as_raw_fd()
+    }
+
+    /// The sandbox's pid as bubblewrap reports it (the parent's copy of the
+    /// write end is closed first, so a bubblewrap that fails reads as EOF).
+    async fn child_pid(self) -> anyhow::Result<i32> {
+        let InfoPipe { read, write } = self;
+        drop(write);
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut f = std::fs::File::from(read);
+            let mut buf = Vec::new();
+            // bubblewrap writes one small JSON object, then keeps the fd
+            // open; read until it parses.
+            let mut chunk = [0u8; 256];
+            loop {
+                let n = f.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if serde_json::from_slice::<serde_json::Value>(&buf).is_ok() {
+                    break;
+                }
+            }
+            Ok::<_, std::io::Error>(buf)
+        });
+        let buf = tokio::time::timeout(Duration::from_millis(BWRAP_INFO_TIMEOUT_MS), read)
+            .await
+            .context("bubblewrap did not report the sandbox in time")?
+            .context("reading bubblewrap's report")??;
+        let v: serde_json::Value =
+            serde_json::from_slice(&buf).context("bubblewrap exited before starting the sandbox")?;
+        v.get("child-pid")
+            .and_then(|p| p.as_i64())
+            .and_then(|p| i32::try_from(p).ok())
+            .context("bubblewrap's report has no child-pid")
     }
 }
 

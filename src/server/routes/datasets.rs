@@ -183,7 +183,15 @@ pub async fn upload(
     let prepare = |format: Format, path: &std::path::Path| -> Result<Preparation, ApiError> {
         let settings = state.instance_settings();
         let extensions = state.engines.extensions().clone();
-        Ok(Preparation::start(format, path, &staged, settings, extensions, encoding_for(format, encoding)?))
+        Ok(Preparation::start(
+            format,
+            path,
+            &staged,
+            settings,
+            extensions,
+            encoding_for(format, encoding)?,
+            state.config.limits.max_nesting_depth as usize,
+        ))
     };
 
     let (spooled, format, preparation) = if ct.to_ascii_lowercase().starts_with("multipart/form-data") {
@@ -255,7 +263,8 @@ pub async fn upload(
         let prepared = preparation.ready().await?;
         let _slot = state.conversions.clone().acquire_owned().await.map_err(|e| ApiError::Internal(e.into()))?;
         let (src, dst) = (spooled.clone(), staged.clone());
-        tokio::task::spawn_blocking(move || upload::convert(prepared, &src, &dst, format))
+        let max_depth = state.config.limits.max_nesting_depth as usize;
+        tokio::task::spawn_blocking(move || upload::convert(prepared, &src, &dst, format, max_depth))
             .await
             .map_err(|e| ApiError::Internal(e.into()))??
     };

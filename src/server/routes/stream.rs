@@ -51,6 +51,7 @@ pub async fn arrow(
         &mut body,
         state.config.limits.stream_record_target_bytes,
         state.config.wal.max_record_bytes,
+        state.config.limits.max_nesting_depth as usize,
     )
     .await;
     match res {

@@ -497,3 +497,148 @@ fn docker_orphans_of_a_killed_daemon_are_removed_at_start() {
     server.terminate();
     assert!(containers_of(&id).is_empty(), "container left after shutdown");
 }
+
+// ---- Attacks from inside a session (issue 18) ----
+//
+// Mallory's notebook session tries to reach what is not hers: Alice's
+// lake, the daemon's metadata database, configuration, memory and
+// environment, other sessions' files, and the loopback services. Each
+// attempt is its own test, on both backends. One daemon and one session
+// per backend serve them all.
+
+struct Attack {
+    shared: common::Shared,
+    kernel: std::sync::Mutex<Kernel>,
+    alice_root: PathBuf,
+}
+
+fn attack_on(backend: &str) -> &'static Attack {
+    static PROCESS: std::sync::OnceLock<Attack> = std::sync::OnceLock::new();
+    static DOCKER: std::sync::OnceLock<Attack> = std::sync::OnceLock::new();
+    let (cell, ports, extra) = match backend {
+        "process" => (&PROCESS, (20_110, 20_111), String::new()),
+        _ => (&DOCKER, (20_120, 20_121), format!("  backend: docker\n  docker_image: {}\n", notebook_image())),
+    };
+    cell.get_or_init(|| {
+        // Shared: the daemon dies with the test process (statics are never dropped).
+        let shared = common::Shared::start(env_with(ports, &extra, ""));
+        let (alice_key, alice_root) = shared.account("alice");
+        let (mallory, _) = shared.account("mallory");
+        let server = &shared.server;
+        upload_csv(server, &alice_key, "secrets", "s\nalice-only\n");
+        upload_csv(server, &mallory, "mine", "m\n1\n");
+        let id = create_notebook(server, &mallory, "attack");
+        start_ready(server, &mallory, &id);
+        let kernel = Kernel::open(&server.url, &server.http, &mallory, &id);
+        Attack { shared, kernel: std::sync::Mutex::new(kernel), alice_root }
+    })
+}
+
+/// Runs `code` in Mallory's session; Ok with its output if it succeeded.
+fn attempt(backend: &str, code: &str) -> Result<String, String> {
+    let a = attack_on(backend);
+    a.kernel.lock().unwrap_or_else(|e| e.into_inner()).try_eval(code)
+}
+
+fn refused(backend: &str, what: &str, code: &str) {
+    if let Ok(out) = attempt(backend, code) {
+        panic!("{backend}: {what} succeeded: {out}");
+    }
+}
+
+fn py(s: &std::path::Path) -> String {
+    format!("{:?}", s.display().to_string())
+}
+
+macro_rules! attacks {
+    ($($name:ident: |$b:ident| $body:block)*) => {
+        mod attacks_process { use super::*; $(#[test] fn $name() { let $b = "process"; $body })* }
+        mod attacks_docker { use super::*; $(#[test] fn $name() { let $b = "docker"; $body })* }
+    };
+}
+
+attacks! {
+    session_reads_its_own_lake_and_writes_its_own_notebook: |b| {
+        let out = attempt(b, "duckdb.sql('SELECT sum(m) * 1000 + 7 FROM mine').fetchone()[0]").unwrap();
+        assert!(out.contains("1007"), "{out}");
+        attempt(b, "open('notebook.py', 'a').close() or 'ok'").unwrap();
+    }
+    cannot_read_another_accounts_lake: |b| {
+        let a = attack_on(b);
+        refused(b, "reading Alice's catalog", &format!("open({}, 'rb').read(16)", py(&a.alice_root.join("catalog.sqlite"))));
+        refused(b, "listing Alice's data", &format!("__import__('os').listdir({})", py(&a.alice_root.join("data"))));
+        refused(b, "attaching Alice's lake", &format!("duckdb.sql(\"ATTACH 'ducklake:sqlite:{}' AS a (READ_ONLY)\")", a.alice_root.join("catalog.sqlite").display()));
+    }
+    cannot_write_another_accounts_directory: |b| {
+        let a = attack_on(b);
+        refused(b, "writing into Alice's directory", &format!("open({}, 'w').write('x')", py(&a.alice_root.join("wal").join("evil"))));
+        assert!(!a.alice_root.join("wal").join("evil").exists());
+    }
+    cannot_write_its_own_lake: |b| {
+        refused(b, "writing its own lake", "open('/lake/data/evil', 'w') if __import__('os').path.isdir('/lake') else open(__import__('os').environ['DUCKPOND_DATA_PATH'] + 'evil', 'w')");
+    }
+    cannot_read_the_metadata_database_or_configuration: |b| {
+        let a = attack_on(b);
+        refused(b, "reading the metadata database", &format!("open({}, 'rb').read(16)", py(&a.shared.env.path().join("metadata.db"))));
+        refused(b, "reading the configuration", &format!("open({}).read()", py(&a.shared.env.path().join("config.yaml"))));
+    }
+    cannot_read_the_daemons_memory_or_environment: |b| {
+        let a = attack_on(b);
+        let pid = a.shared.server.pid();
+        refused(b, "reading the daemon's environment", &format!("open('/proc/{pid}/environ', 'rb').read()"));
+        refused(b, "reading the daemon's memory map", &format!("open('/proc/{pid}/maps').read()"));
+        // Nothing of the daemon is even visible.
+        let out = attempt(b, "sorted(p for p in __import__('os').listdir('/proc') if p.isdigit())").unwrap();
+        assert!(!out.contains(&format!("'{pid}'")), "{b}: the daemon's pid is visible: {out}");
+    }
+    cannot_read_other_sessions_files: |b| {
+        let a = attack_on(b);
+        let run = a.shared.env.path().join("data").join("run").join("notebooks").join("sessions");
+        refused(b, "listing the sessions' run directory", &format!("__import__('os').listdir({})", py(&run)));
+    }
+    cannot_connect_to_postgresql: |b| {
+        refused(b, "connecting to PostgreSQL", "__import__('socket').create_connection(('127.0.0.1', 5432), timeout=2)");
+    }
+    cannot_connect_to_the_api: |b| {
+        let a = attack_on(b);
+        let port: u16 = a.shared.server.url.rsplit(':').next().unwrap().parse().unwrap();
+        refused(b, "connecting to DuckPond's API", &format!("__import__('socket').create_connection(('127.0.0.1', {port}), timeout=2)"));
+    }
+    cannot_connect_to_other_sessions_ports: |b| {
+        // Another session's port on the host (the next one of the range).
+        let port = if b == "process" { 20_111 } else { 20_121 };
+        refused(b, "connecting to another session's port", &format!("__import__('socket').create_connection(('127.0.0.1', {port}), timeout=2)"));
+        refused(b, "connecting to the host's addresses", "__import__('socket').create_connection(('10.0.0.1', 80), timeout=2)");
+    }
+}
+
+#[test]
+fn a_revoked_key_closes_the_websocket_opened_with_it() {
+    let env = env_with((20_130, 20_131), "", "security:\n  revocation_check_interval_ms: 200\n");
+    let (_, manager) = env.create_account("ws");
+    let server = env.serve();
+    let key = json_of(post(&server, "/api/account/keys", &manager, json!({"scope": "write"})), 201)["api_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id = create_notebook(&server, &manager, "ws");
+    start_ready(&server, &key, &id);
+    let mut kernel = Kernel::open(&server.url, &server.http, &key, &id);
+    assert!(kernel.eval("1 + 1").contains('2'));
+    let key_id = key.split('_').nth(1).unwrap();
+    let r = server
+        .http
+        .delete(server.url(&format!("/api/account/keys/{key_id}")))
+        .header("X-API-Key", &manager)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // The proxy closes the websocket; the editor sees it end.
+    assert!(kernel.closed_within(Duration::from_secs(10)), "the websocket stayed open after its key was revoked");
+    // And the proxy refuses the key for everything else.
+    error_of(
+        server.http.get(server.url(&format!("/notebooks/{id}/"))).header("X-API-Key", &key).send().unwrap(),
+        401,
+        "unauthorized",
+    );
+}

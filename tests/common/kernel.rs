@@ -83,6 +83,22 @@ impl Kernel {
         }
     }
 
+    /// Whether the websocket ends (closed or reset by the other side)
+    /// within `limit`, reading and dropping whatever arrives until then.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            match self.ws.read() {
+                Ok(Message::Close(_)) => return true,
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
     /// Runs cells (id, code) through marimo's HTTP API; results arrive on
     /// the websocket.
     pub fn run(&mut self, cells: &[(&str, &str)]) {

@@ -38,6 +38,8 @@ use crate::notebooks::relay::Relay;
 const BWRAP_INFO_FD: i32 = 3;
 /// Longest wait for bubblewrap to report the sandbox's pid.
 const BWRAP_INFO_TIMEOUT_MS: u64 = 10_000;
+/// The session's home inside the sandbox.
+const SANDBOX_HOME: &str = "/home/notebook";
 /// `/etc/hosts` inside the sandbox.
 const SANDBOX_HOSTS: &str = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n";
 /// The session's user and group inside its user namespace.
@@ -228,7 +230,7 @@ impl ProcessBackend {
             .current_dir(&spec.notebook_dir)
             .env_clear()
             .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", self.env_bin.display()))
-            .env("HOME", home)
+            .env("HOME", if self.sandbox.is_some() { Path::new(SANDBOX_HOME) } else { home })
             .env("TMPDIR", "/tmp")
             .env("USER", "notebook")
             .env("LANG", "C.UTF-8")
@@ -442,7 +444,9 @@ impl Sandbox {
         }
         push(&["--ro-bind".as_ref(), spec.account_root.as_os_str(), spec.account_root.as_os_str()]);
         push(&["--bind".as_ref(), spec.notebook_dir.as_os_str(), spec.notebook_dir.as_os_str()]);
-        push(&["--bind".as_ref(), home.as_os_str(), home.as_os_str()]);
+        // The session's home at a neutral path: nothing of the daemon's run
+        // directory (where other sessions live) appears inside.
+        push(&["--bind".as_ref(), home.as_os_str(), SANDBOX_HOME.as_ref()]);
         push(&["--chdir".as_ref(), spec.notebook_dir.as_os_str()]);
         let info = BWRAP_INFO_FD.to_string();
         push(&["--info-fd".as_ref(), info.as_ref()]);

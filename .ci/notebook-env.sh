@@ -10,6 +10,12 @@ pkgs=(marimo==0.25.2 duckdb==1.5.5 duckdb-extension-ducklake==1.5.5 duckdb-exten
       polars==2.1.0 pyarrow==26.0.1 sqlglot==30.30.0)
 check='import marimo, duckdb, polars, pyarrow, sqlglot, duckdb_extension_ducklake, duckdb_extension_sqlite_scanner, sys
 sys.exit(not (marimo.__version__ == "0.25.2" and duckdb.__version__ == "1.5.5"))'
+# Process sessions run in a bubblewrap sandbox (notebooks.sandbox).
+if ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "installing bubblewrap (the notebook sandbox)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null; }
+fi
 if "$venv/bin/python" -c "$check" 2>/dev/null; then
   echo "notebook environment: $venv (up to date)"
   exit 0

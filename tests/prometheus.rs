@@ -504,9 +504,17 @@ fn resend_after_restart_stores_nothing_twice() {
     };
     let r = send(&s, &key, "application/x-protobuf", snappy(&newer.encode_to_vec()));
     assert_eq!(r.status(), 204, "{}", r.text().unwrap());
+    // A series first seen after the restart: its labels (a map) are
+    // appended to a table DuckDB read back (entries named key/value).
+    let new_series = prompb::WriteRequest {
+        timeseries: vec![series(&[("__name__", "m"), ("job", "b")], &[(3_000, 0.5)])],
+        metadata: vec![],
+    };
+    let r = send(&s, &key, "application/x-protobuf", snappy(&new_series.encode_to_vec()));
+    assert_eq!(r.status(), 204, "{}", r.text().unwrap());
     drained(&s, &key);
-    assert_eq!(query(&s, &key, "SELECT count(*), sum(value) FROM prometheus_samples")[0], json!([3, 6.0]));
-    assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_series")[0][0], 1);
+    assert_eq!(query(&s, &key, "SELECT count(*), sum(value) FROM prometheus_samples")[0], json!([4, 6.5]));
+    assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_series")[0][0], 2);
     assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_metadata")[0][0], 1);
 }
 

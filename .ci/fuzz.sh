@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-120}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(remote_write_v1 remote_write_v2 arrow_ipc_stream multipart wal_segment log_record csv_sniff)
+[ ${#targets[@]} -gt 0 ] || targets=(remote_write_v1 remote_write_v2 arrow_ipc_stream multipart wal_segment log_record parquet_footer json_depth csv_sniff)
 corpus=${FUZZ_CORPUS:-$HOME/.cache/duckpond/fuzz-corpus}
 venv=${DUCKPOND_FUZZ_VENV:-$HOME/.cache/duckpond/fuzz-venv}
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/duckpond/fuzz-target}

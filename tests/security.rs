@@ -256,6 +256,19 @@ fn hostile_inputs_of_one_account_stop_nothing_of_another() {
         assert!(msg.contains("max_nesting_depth"), "{what}: {msg}");
         alive();
     }
+    // Wide rather than deep: answered (stored, or refused with a reason),
+    // never a crash or a server error.
+    let wide_json = format!("{{{}}}\n", (0..50_000).map(|i| format!("\"k{i}\": {i}")).collect::<Vec<_>>().join(","));
+    let wide_csv = format!(
+        "{}\n{}\n",
+        (0..20_000).map(|i| format!("c{i}")).collect::<Vec<_>>().join(","),
+        (0..20_000).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    );
+    for (what, format, body) in [("50,000 keys", "ndjson", wide_json), ("20,000 columns", "csv", wide_csv)] {
+        let r = upload(&attacker, "wide", format, body);
+        assert!(r.status().as_u16() < 500, "{what}: {} {}", r.status(), r.text().unwrap());
+        alive();
+    }
     // The same through an Arrow stream.
     let schema = Schema::new(vec![Field::new("v", deep_struct_type(40), true)]);
     let batch = RecordBatch::try_new(Arc::new(schema), vec![deep_struct_array(40)]).unwrap();
@@ -316,7 +329,8 @@ fn key_scopes_are_enforced_on_every_door() {
         arrow_stream(&[b])
     };
     // What a read key may not do (403), and a write key may.
-    let writes: Vec<(&str, Box<dyn Fn(&str) -> reqwest::blocking::Response>)> = vec![
+    type Door<'a> = Box<dyn Fn(&str) -> reqwest::blocking::Response + 'a>;
+    let writes: Vec<(&str, Door)> = vec![
         ("upload", Box::new(|k: &str| upload(k, "t", "csv", "a\n2\n"))),
         (
             "arrow stream",

@@ -40,7 +40,7 @@ pub fn redact_secrets(text: &str) -> String {
         while let Some(at) = out[from..].find(marker).map(|i| i + from) {
             // DuckPond tokens are redacted whole; elsewhere only the value.
             let whole = marker.starts_with("dp");
-            let value_start = if whole { at + marker.len() } else { at + marker.len() };
+            let value_start = at + marker.len();
             let len = out[value_start..]
                 .find(|c: char| {
                     !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '~' | '%' | '+' | '/' | '='))

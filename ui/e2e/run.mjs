@@ -167,10 +167,15 @@ try {
   await step("create and revoke a key", async () => {
     await page.goto(url + "/#/account");
     await page.fill("#key-label", "e2e key");
+    await page.selectOption("#key-scope", "write");
     await page.click("text=Create key");
     const shown = await page.textContent("#new-key");
     expect(shown.startsWith("dpk_"), "the new key is shown once");
     const row = page.locator("tr", { hasText: "e2e key" });
+    expect((await row.textContent()).includes("write"), "the key's scope is listed");
+    // A write key is refused what only a manage key may do.
+    const keysRes = await fetch(url + "/api/account/keys", { headers: { "X-API-Key": shown } });
+    expect(keysRes.status === 403, `a write key listed keys: ${keysRes.status}`);
     await row.locator("button", { hasText: "Revoke" }).click();
     await row.locator("text=revoked").waitFor();
     await checkLabels(page, "account");
@@ -181,10 +186,16 @@ try {
   });
 
   await step("sign out", async () => {
+    const cookies = await page.context().cookies();
+    const session = cookies.find((c) => c.name === "duckpond_session");
+    expect(session && session.value.startsWith("dps_"), "the cookie holds a session id, not the key");
     await page.click("#signout");
     await page.waitForSelector("#api-key");
     const res = await page.evaluate(async () => (await fetch("/api/account")).status);
     expect(res === 401, "signed out");
+    // A copy of the cookie taken before signing out works no more.
+    const copied = await fetch(url + "/api/account", { headers: { Cookie: `duckpond_session=${session.value}` } });
+    expect(copied.status === 401, `a copied cookie answered ${copied.status} after sign-out`);
   });
 } catch (e) {
   failed = true;

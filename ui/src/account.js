@@ -102,6 +102,14 @@ export async function accountView(main) {
   const keys = h("div");
   const newKey = h("div", { "aria-live": "polite" });
   const label = h("input", { id: "key-label", maxlength: "100", autocomplete: "off" });
+  // Least privilege first: what a new key may do.
+  const scope = h(
+    "select",
+    { id: "key-scope" },
+    h("option", { value: "read" }, "read: queries and listings"),
+    h("option", { value: "write" }, "write: read, plus uploads, streams and remote write"),
+    h("option", { value: "manage" }, "manage: write, plus keys and notebooks"),
+  );
   main.replaceChildren(
     h("h1", {}, `Account ${me.name}`),
     h(
@@ -136,13 +144,13 @@ export async function accountView(main) {
           onsubmit: async (e) => {
             e.preventDefault();
             try {
-              const k = await post("/api/account/keys", { label: label.value });
+              const k = await post("/api/account/keys", { label: label.value, scope: scope.value });
               label.value = "";
               newKey.replaceChildren(
                 h(
                   "div",
                   { class: "newkey", role: "alert" },
-                  h("p", {}, "Your new key. It is shown only now: copy it somewhere safe."),
+                  h("p", {}, `Your new ${k.scope} key. It is shown only now: copy it somewhere safe.`),
                   h("code", { id: "new-key", tabindex: "0" }, k.api_key),
                 ),
               );
@@ -154,6 +162,8 @@ export async function accountView(main) {
         },
         h("label", { for: "key-label" }, "Label"),
         label,
+        h("label", { for: "key-scope" }, "Scope"),
+        scope,
         h("button", { type: "submit" }, "Create key"),
       ),
       newKey,
@@ -199,7 +209,7 @@ export async function accountView(main) {
         h(
           "table",
           { class: "grid" },
-          h("thead", {}, h("tr", {}, ...["Key id", "Label", "Created", "Last used", ""].map((c) => h("th", { scope: "col" }, c)))),
+          h("thead", {}, h("tr", {}, ...["Key id", "Label", "Scope", "Created", "Last used", ""].map((c) => h("th", { scope: "col" }, c)))),
           h(
             "tbody",
             {},
@@ -209,6 +219,7 @@ export async function accountView(main) {
                 { "data-key": k.id },
                 h("td", {}, h("code", {}, k.id)),
                 h("td", {}, k.label),
+                h("td", {}, k.scope),
                 h("td", {}, when(k.created_at)),
                 h("td", {}, k.revoked_at ? `revoked ${when(k.revoked_at)}` : when(k.last_used_at)),
                 h("td", {}, revokeButton(k)),

@@ -22,7 +22,7 @@ BENCH_ENV := DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) DUCKPOND_TEST_NOT
 	DUCKPOND_TEST_NOTEBOOK_IMAGE=$(TEST_NOTEBOOK_IMAGE)
 
 .PHONY: run test build ui extensions services fmt lint bench soak profile bench-wal bench-compactor bench-ingest \
-	bench-prometheus bench-query bench-notebooks proto fuzz
+	bench-prometheus bench-query bench-notebooks bench-security proto fuzz
 
 ## Set up everything and serve on 127.0.0.1:8000 with embedded defaults.
 run: build
@@ -68,7 +68,7 @@ bench: services build
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	rm -f $(BENCH_RESULTS)
 	$(BENCH_ENV) BENCH_RESULTS=$(BENCH_RESULTS) cargo bench --locked --bench wal --bench compactor --bench ingest \
-		--bench prometheus --bench query --bench notebooks -- --noplot
+		--bench prometheus --bench query --bench notebooks --bench security -- --noplot
 	.ci/bench-report.py summary $(BENCH_RESULTS) docs/BENCHMARKS.md "make bench"
 
 ## Every fuzz target for FUZZ_SECONDS each (default 120; outside the test
@@ -115,6 +115,10 @@ bench-prometheus:
 bench-query:
 	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
 	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench query
+
+bench-security:
+	.ci/fetch-duckdb-extensions.sh $(TEST_EXTENSION_DIR)
+	DUCKPOND_TEST_EXTENSION_DIR=$(TEST_EXTENSION_DIR) cargo bench --locked --bench security
 
 ## Notebook cold start to ready, per backend, next to bare marimo / docker run (docs/BENCHMARKS.md).
 bench-notebooks: services

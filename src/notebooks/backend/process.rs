@@ -169,8 +169,11 @@ impl ProcessBackend {
                     cg.kill_all();
                     cg.remove();
                 }
+                // A server that exited at once (before the sandbox could be
+                // reached) said why in its output.
+                let tail = read_tail(&dir.join("marimo.log"));
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
+                return Err(if tail.is_empty() { e } else { anyhow::anyhow!("{e:#}; last output:\n{tail}") });
             }
         };
         let handle = ProcessHandle {

@@ -57,6 +57,8 @@ fn main() {
     let (mut child, url, key) = start(dir.path(), &ext);
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
 
+    // Warm-up (connection, caches), then the quiet reference.
+    latencies(&url, &key);
     let quiet = latencies(&url, &key);
 
     let stop = Arc::new(AtomicBool::new(false));

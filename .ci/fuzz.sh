@@ -24,9 +24,13 @@ if ! "$venv/bin/python" -c 'import atheris, duckdb, pyarrow, urllib3, grpc_tools
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check duckdb==1.5.5 pyarrow urllib3 grpcio-tools atheris
 fi
-if [ ! -d "$corpus" ]; then
-  "$venv/bin/python" fuzz/seeds.py "$corpus"
-fi
+# Seeds for every target (again when a target is new to this corpus).
+for t in "${targets[@]}"; do
+  if [ "$t" != csv_sniff ] && [ ! -d "$corpus/$t" ]; then
+    "$venv/bin/python" fuzz/seeds.py "$corpus"
+    break
+  fi
+done
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 for t in "${targets[@]}"; do
   mkdir -p "$corpus/$t" "fuzz/artifacts/$t"

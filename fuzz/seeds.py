@@ -192,6 +192,30 @@ def arrow_streams():
             put("arrow_ipc_stream", f"{name}-{chunk}", bytes([chunk]) + sink.getvalue())
 
 
+def parquet_footers_and_json():
+    import json
+    import pyarrow.parquet as pq
+
+    for name, t in {
+        "flat": pa.table({"a": [1, 2], "s": ["x", None]}),
+        "nested": pa.table({"l": pa.array([[1, 2], None], pa.list_(pa.int32())), "st": pa.array([{"a": {"b": 1}}, None])}),
+        "map": pa.table({"m": pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int32()))}),
+    }.items():
+        sink = io.BytesIO()
+        pq.write_table(t, sink)
+        data = sink.getvalue()
+        footer_len = int.from_bytes(data[-8:-4], "little")
+        put("parquet_footer", f"{name}-footer", data[-8 - footer_len : -8])
+        put("parquet_footer", f"{name}-file", data)
+    bodies = {
+        "ndjson": b'{"a": 1, "b": {"c": [1, 2]}}\n{"a": "}{]["}\n',
+        "document": json.dumps([{"a": {"b": [1, {"c": 2}]}}, {"d": "x\\"}]).encode(),
+        "deep": b'{"v": ' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}\n",
+    }
+    for name, body in bodies.items():
+        put("json_depth", name, bytes([32, len(body) // 2 % 256]) + body)
+
+
 def multipart():
     from urllib3 import encode_multipart_formdata
 
@@ -237,6 +261,7 @@ if __name__ == "__main__":
     for i, raw in enumerate(v2_requests()):
         put("remote_write_v2", f"protobuf-{i}", snappy_block(raw))
     arrow_streams()
+    parquet_footers_and_json()
     multipart()
     log_records()
     wal_segments()

@@ -67,9 +67,8 @@ impl Deref for Manager {
 pub struct Admin;
 
 /// The session id in the cookie, if any.
-fn session_cookie(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -129,7 +128,7 @@ pub fn presented(parts: &Parts) -> Result<Credential, AuthError> {
     if let Some(key) = header_key(parts)? {
         return Ok(Credential::Key(key));
     }
-    session_cookie(parts).map(Credential::Session).ok_or(AuthError::Missing)
+    session_cookie(&parts.headers).map(Credential::Session).ok_or(AuthError::Missing)
 }
 
 /// The client a request is attributed to (throttling, logs).
@@ -166,7 +165,8 @@ fn named_key_id(credential: &Credential) -> Option<&str> {
     }
 }
 
-fn too_many(retry_after: std::time::Duration) -> ApiError {
+/// The 429 of a throttled authentication.
+pub fn too_many(retry_after: std::time::Duration) -> ApiError {
     ApiError::TooManyRequests {
         message: "too many failed authentications from this client or for this key; try again later".into(),
         retry_after_s: retry_after.as_secs().max(1),

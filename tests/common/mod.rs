@@ -68,7 +68,10 @@ pub struct TestEnv {
 impl TestEnv {
     /// A home with config.yaml written (admin API enabled) but no schema yet.
     pub fn new(backend: Backend) -> Self {
-        let home = tempfile::tempdir().unwrap();
+        Self::with_home(backend, tempfile::tempdir().unwrap())
+    }
+
+    fn with_home(backend: Backend, home: tempfile::TempDir) -> Self {
         let database_url = match backend {
             Backend::Sqlite => "sqlite:metadata.db".to_string(),
             Backend::Postgres => fresh_postgres_database(),
@@ -80,14 +83,7 @@ impl TestEnv {
 
     /// A home created inside `parent` (a file system of the test's own).
     pub fn new_in(backend: Backend, parent: &Path) -> Self {
-        let home = tempfile::tempdir_in(parent).unwrap();
-        let database_url = match backend {
-            Backend::Sqlite => "sqlite:metadata.db".to_string(),
-            Backend::Postgres => fresh_postgres_database(),
-        };
-        let env = Self { home, backend, database_url };
-        env.write_config("");
-        env
+        Self::with_home(backend, tempfile::tempdir_in(parent).unwrap())
     }
 
     /// [`TestEnv::migrated`] inside `parent`.

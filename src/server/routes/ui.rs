@@ -15,7 +15,7 @@ use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::server::auth::{same_site_write, ClientAddr, SESSION_COOKIE};
+use crate::server::auth::{same_site_write, session_cookie, too_many, ClientAddr, SESSION_COOKIE};
 use crate::server::error::{ApiError, ErrorBody};
 use crate::server::AppState;
 
@@ -111,10 +111,7 @@ pub async fn sign_in(
     }
     let key = req.api_key.trim();
     let key_id = crate::accounts::keys::parse(key).map(|(id, _)| id);
-    state.auth_throttle.check(client, key_id).map_err(|t| ApiError::TooManyRequests {
-        message: "too many failed authentications from this client or for this key; try again later".into(),
-        retry_after_s: t.retry_after.as_secs().max(1),
-    })?;
+    state.auth_throttle.check(client, key_id).map_err(|t| too_many(t.retry_after))?;
     let max_age = state.config.server.session_cookie_max_age_seconds;
     let (_, session) = match state.accounts.sign_in(key, std::time::Duration::from_secs(max_age)).await {
         Ok(signed_in) => signed_in,
@@ -133,15 +130,7 @@ pub async fn sign_in(
 /// cookie stops working too) and clears the cookie.
 #[utoipa::path(delete, path = "/api/ui/session", tag = "account", responses((status = 204)))]
 pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let session = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_string());
-    if let Some(session) = session {
+    if let Some(session) = session_cookie(&headers) {
         state.accounts.sign_out(&session).await?;
     }
     let mut res = StatusCode::NO_CONTENT.into_response();

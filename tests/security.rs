@@ -543,6 +543,8 @@ fn failed_authentication_is_throttled_per_client_and_per_key() {
     let fresh = client_from("127.0.1.99");
     let wrong = format!("dpk_{id}_{}", "1".repeat(64));
     assert_eq!(fresh.get(url("/api/account")).header("X-API-Key", wrong).send().unwrap().status(), 429);
+    // Its owner, holding the right secret, is not locked out.
+    assert_eq!(fresh.get(url("/api/account")).header("X-API-Key", &key).send().unwrap().status(), 200);
     // Failures are logged with the client's address.
     let log = std::fs::read_to_string(s.env.path().join("server-0.log")).unwrap();
     assert!(log.contains("127.0.0.50") && log.contains("failed authentication"), "no address in the log");

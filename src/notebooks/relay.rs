@@ -18,6 +18,9 @@ use std::os::fd::AsRawFd;
 
 use tokio::net::{TcpListener, TcpStream};
 
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF_MS: u64 = 50;
+
 /// A running relay; dropping it stops accepting (open connections end with
 /// the session).
 #[derive(Debug)]
@@ -62,7 +65,11 @@ impl Relay {
                     tokio::select! {
                         _ = &mut stop_rx => break,
                         accepted = listener.accept() => {
-                            let Ok((mut inbound, _)) = accepted else { continue };
+                            let Ok((mut inbound, _)) = accepted else {
+                                // Out of descriptors: the error repeats at once.
+                                tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_BACKOFF_MS)).await;
+                                continue;
+                            };
                             tokio::spawn(async move {
                                 if let Ok(mut inner) = TcpStream::connect(("127.0.0.1", port)).await {
                                     let _ = inner.set_nodelay(true);

@@ -53,15 +53,17 @@ impl ConnectionLimits {
         })
     }
 
-    /// Admits a connection from `peer`, or says which cap it hits.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<ConnectionPermit, Refusal> {
+    /// Admits a connection from `peer`, or says which cap it hits. A
+    /// trusted proxy carries many clients' connections: only the total cap
+    /// applies to it.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, trusted_proxy: bool) -> Result<ConnectionPermit, Refusal> {
         let client = client_bucket(peer);
         let mut open = self.open.lock().expect("connections lock");
         if open.total >= self.total {
             return Err(Refusal::Total);
         }
         let mine = open.by_client.entry(client).or_insert(0);
-        if *mine >= self.per_client {
+        if *mine >= self.per_client && !trusted_proxy {
             return Err(Refusal::PerClient);
         }
         *mine += 1;
@@ -98,12 +100,22 @@ mod tests {
         });
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.3".parse().unwrap();
-        let a1 = limits.admit(a).unwrap();
-        let _a2 = limits.admit(a).unwrap();
-        assert_eq!(limits.admit(a).unwrap_err(), Refusal::PerClient);
-        let _b1 = limits.admit(b).unwrap();
-        assert_eq!(limits.admit(b).unwrap_err(), Refusal::Total);
+        let a1 = limits.admit(a, false).unwrap();
+        let _a2 = limits.admit(a, false).unwrap();
+        assert_eq!(limits.admit(a, false).unwrap_err(), Refusal::PerClient);
+        let _b1 = limits.admit(b, false).unwrap();
+        assert_eq!(limits.admit(b, false).unwrap_err(), Refusal::Total);
         drop(a1);
-        assert!(limits.admit(b).is_ok());
+        assert!(limits.admit(b, false).is_ok());
+        // A trusted proxy is held to the total only.
+        let proxy: IpAddr = "127.0.0.9".parse().unwrap();
+        let limits = ConnectionLimits::new(&SecurityConfig {
+            max_connections_per_client: 1,
+            max_connections: 3,
+            ..SecurityConfig::default()
+        });
+        let held: Vec<_> = (0..3).map(|_| limits.admit(proxy, true).unwrap()).collect();
+        assert_eq!(limits.admit(proxy, true).unwrap_err(), Refusal::Total);
+        drop(held);
     }
 }

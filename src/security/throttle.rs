@@ -1,8 +1,11 @@
 //! Failed-authentication throttling, per client address and per key id.
 //!
 //! A fixed window per subject: once `max` failures fall within
-//! `window`, the subject is refused without checking its credentials until
-//! the window that started with its first failure is over. Successful
+//! `window`, the subject is refused until the window that started with its
+//! first failure is over. A client address is refused before its
+//! credentials are looked at; a key id only when the secret presented for
+//! it is wrong (its id is public, so refusing it outright would let anyone
+//! lock out its owner). Successful
 //! authentications do not reset a client's count (an attacker holding one
 //! valid key must not earn unlimited guesses at others).
 

@@ -178,7 +178,10 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthedAccount, 
     let client = client_of(parts, state);
     let credential = presented(parts)?;
     let key_id = named_key_id(&credential);
-    state.auth_throttle.check(client, key_id).map_err(|t| too_many(t.retry_after))?;
+    // The client's count is checked first; a key id's only once the secret
+    // was wrong, so those guessing at a key (its id is public) cannot lock
+    // out its owner, who holds the right secret.
+    state.auth_throttle.check(client, None).map_err(|t| too_many(t.retry_after))?;
     if matches!(credential, Credential::Session(_)) && !same_site_write(&parts.method, &parts.headers) {
         return Err(ApiError::Forbidden(
             "cross-site request refused: a signed-in browser may only change data from DuckPond's own pages".into(),
@@ -191,6 +194,9 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<AuthedAccount, 
     let principal: Principal = match result {
         Ok(p) => p,
         Err(e @ AuthError::Invalid) => {
+            if let Err(t) = state.auth_throttle.check(client, key_id) {
+                return Err(too_many(t.retry_after));
+            }
             state.auth_throttle.failed(client, key_id, "http");
             return Err(e.into());
         }

@@ -34,6 +34,8 @@ pub struct Listener {
     pub limits: std::sync::Arc<ConnectionLimits>,
     /// Time a connection has to send a request's headers.
     pub header_read_timeout: Duration,
+    /// Reverse proxies (`security.trusted_proxies`): held to the total cap only.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Listener {
@@ -56,7 +58,8 @@ impl Listener {
                 },
                 _ = shutdown.wait_for(|s| *s) => break,
             };
-            let permit = match self.limits.admit(peer.ip()) {
+            let trusted = self.trusted_proxies.contains(&peer.ip());
+            let permit = match self.limits.admit(peer.ip(), trusted) {
                 Ok(p) => p,
                 Err(refusal) => {
                     let cap = match refusal {

@@ -135,6 +135,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
         socket: listener,
         limits: state.connections.clone(),
         header_read_timeout: Duration::from_millis(state.config.security.header_read_timeout_ms),
+        trusted_proxies: state.config.security.trusted_proxies.clone(),
     };
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

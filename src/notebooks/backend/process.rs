@@ -165,10 +165,10 @@ impl ProcessBackend {
         let (child, relay) = match launched {
             Ok(c) => c,
             Err(e) => {
-                if let Some(cg) = &cgroup {
-                    cg.kill_all();
-                    cg.remove();
-                }
+                // Whatever started (a sandbox whose relay failed) goes too:
+                // nothing may run that no record points to.
+                let (cg, session) = (cgroup.clone(), spec.session_id.clone());
+                let _ = tokio::task::spawn_blocking(move || kill_tree(cg.as_ref(), &session)).await;
                 // A server that exited at once (before the sandbox could be
                 // reached) said why in its output.
                 let tail = read_tail(&dir.join("marimo.log"));
@@ -467,7 +467,9 @@ fn python_dirs(env: &Path) -> Vec<PathBuf> {
                 if k.trim() == "home" {
                     let bin = PathBuf::from(v.trim());
                     let prefix = std::fs::canonicalize(&bin).unwrap_or(bin);
-                    if let Some(p) = prefix.parent() {
+                    // Never the whole file system (a venv of /usr/bin/python3
+                    // on a system whose /bin is not a link says `home = /bin`).
+                    if let Some(p) = prefix.parent().filter(|p| p.components().count() > 1) {
                         dirs.push(p.to_path_buf());
                     }
                 }
@@ -476,7 +478,7 @@ fn python_dirs(env: &Path) -> Vec<PathBuf> {
     }
     // The interpreter the venv links to may live elsewhere still.
     if let Ok(real) = std::fs::canonicalize(env.join("bin").join("python")) {
-        if let Some(prefix) = real.parent().and_then(Path::parent) {
+        if let Some(prefix) = real.parent().and_then(Path::parent).filter(|p| p.components().count() > 1) {
             if !dirs.iter().any(|d| prefix.starts_with(d)) {
                 dirs.push(prefix.to_path_buf());
             }

@@ -111,11 +111,14 @@ pub async fn sign_in(
     }
     let key = req.api_key.trim();
     let key_id = crate::accounts::keys::parse(key).map(|(id, _)| id);
-    state.auth_throttle.check(client, key_id).map_err(|t| too_many(t.retry_after))?;
+    state.auth_throttle.check(client, None).map_err(|t| too_many(t.retry_after))?;
     let max_age = state.config.server.session_cookie_max_age_seconds;
     let (_, session) = match state.accounts.sign_in(key, std::time::Duration::from_secs(max_age)).await {
         Ok(signed_in) => signed_in,
         Err(e @ crate::accounts::AuthError::Invalid) => {
+            if let Err(t) = state.auth_throttle.check(client, key_id) {
+                return Err(too_many(t.retry_after));
+            }
             state.auth_throttle.failed(client, key_id, "http-sign-in");
             return Err(e.into());
         }

@@ -422,7 +422,7 @@ fn streaming_post(
     path: &str,
     key: &str,
     content_type: &str,
-) -> (std::sync::mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<reqwest::blocking::Response>) {
+) -> (std::sync::mpsc::Sender<Vec<u8>>, std::thread::JoinHandle<reqwest::Result<reqwest::blocking::Response>>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let (u, k, ct) = (url(path), key.to_string(), content_type.to_string());
     let handle = std::thread::spawn(move || {
@@ -432,7 +432,6 @@ fn streaming_post(
             .header("Content-Type", ct)
             .body(reqwest::blocking::Body::new(Feed(rx, Vec::new())))
             .send()
-            .unwrap()
     });
     (tx, handle)
 }
@@ -460,11 +459,18 @@ fn a_revoked_key_stops_an_open_stream_at_its_next_chunk() {
     revoke(&manager, &writer);
     tx.send(bytes[first_len..].to_vec()).unwrap();
     drop(tx);
-    let res = reply.join().unwrap();
-    assert_eq!(res.status(), 401);
-    let v: Value = res.json().unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("revoked"), "{v}");
-    assert_eq!(v["error"]["details"]["batches_kept"], 1, "{v}");
+    // The daemon answers at the refused chunk and closes the connection;
+    // a client still sending may see only the closed connection (a race of
+    // the client, not of the daemon): then what was stored is the proof.
+    match reply.join().unwrap() {
+        Ok(res) => {
+            assert_eq!(res.status(), 401);
+            let v: Value = res.json().unwrap();
+            assert!(v["error"]["message"].as_str().unwrap().contains("revoked"), "{v}");
+            assert_eq!(v["error"]["details"]["batches_kept"], 1, "{v}");
+        }
+        Err(e) => assert!(e.is_body() || e.is_request(), "{e}"),
+    }
     drained(&manager);
     assert_eq!(rows(&manager, "SELECT count(*) AS n, max(i) AS hi FROM r"), [json!([500, 499])]);
 }
@@ -495,8 +501,14 @@ fn a_revoked_key_stops_an_open_upload_and_nothing_of_it_is_stored() {
     revoke(&manager, &writer);
     tx.send(b"3\n4\n".to_vec()).unwrap();
     drop(tx);
-    let msg = error_of(reply.join().unwrap(), 401, "unauthorized");
-    assert!(msg.contains("revoked"), "{msg}");
+    match reply.join().unwrap() {
+        Ok(res) => {
+            let msg = error_of(res, 401, "unauthorized");
+            assert!(msg.contains("revoked"), "{msg}");
+        }
+        // As above: the client may see only the closed connection.
+        Err(e) => assert!(e.is_body() || e.is_request(), "{e}"),
+    }
     let r = s.server.http.get(url("/api/datasets/u")).header("X-API-Key", &manager).send().unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(spooled(), 0, "the refused upload left its spool behind");

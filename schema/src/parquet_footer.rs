@@ -32,8 +32,8 @@ pub struct SchemaShape {
     pub group_depth: usize,
 }
 
-/// The footer's `FileMetaData` bytes of a whole Parquet file's tail:
-/// `tail` must hold at least the footer and the last 8 bytes.
+/// Where a Parquet file's footer (`FileMetaData`) lies: (offset, length)
+/// from the file's length and its last 8 bytes (footer length, magic).
 pub fn footer_range(file_len: u64, last8: [u8; 8]) -> Result<(u64, u32), FooterError> {
     match &last8[4..] {
         b"PAR1" => {}

@@ -7,6 +7,11 @@
 //!    (JSON result) until the last byte. Reference: the same SQL on a DuckDB
 //!    connection with the same lake attached read-only, same thread count,
 //!    until the last row is fetched.
+//! 0. The query worker's cost (every account's SQL runs in a process of
+//!    its own): `SELECT 1` p50 through `POST /api/query` against the same
+//!    statement in process (the fixed cost a query pays: HTTP, the guard,
+//!    admission, the round trip to the worker, encoding), and the first
+//!    query of an account (the worker starts) against the next one.
 //! 2. Concurrency: `CLIENTS` clients, each sending `PER_CLIENT` queries of
 //!    the mix back to back on the 1M table with the default per-account
 //!    limits (5 running, the rest queued up to 2 s, then 429): queries/s,
@@ -108,6 +113,25 @@ fn main() {
     let _daemon = support::Daemon(child);
     let http = reqwest::blocking::Client::builder().timeout(None).pool_max_idle_per_host(CLIENTS).build().unwrap();
 
+    // 0. The first query starts the account's query worker.
+    let (status, cold) = api_query(&http, &url, &key, "SELECT 1");
+    assert_eq!(status, 200);
+    let (_, warm) = api_query(&http, &url, &key, "SELECT 1");
+    println!("first query {:.0} ms (worker start), next {:.1} ms", cold * 1e3, warm * 1e3);
+    record(
+        "query",
+        &Figure {
+            id: "first_query_worker_start",
+            what: "the first SELECT 1 of an account (its query worker starts), one sample",
+            value: cold * 1e3,
+            unit: "ms",
+            higher_is_better: false,
+            reference: "the next SELECT 1 (worker running)",
+            reference_value: warm * 1e3,
+            claim: None,
+        },
+    );
+
     let tables = [("t1m", 1_000_000usize), ("t10m", 10_000_000)];
     for (table, rows) in tables {
         let r = http
@@ -132,6 +156,28 @@ fn main() {
     let loc = CatalogLocation::sqlite(root.join("catalog.sqlite"), root.join("data"));
     conn.execute_batch(&loc.attach_sql("lake", true)).unwrap();
     conn.execute_batch("USE lake").unwrap();
+
+    // 0. The fixed cost of a query.
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS * 10 {
+        let (status, s) = api_query(&http, &url, &key, "SELECT 1");
+        assert_eq!(status, 200);
+        ours.push(s * 1e3);
+        theirs.push(duckdb_query(&conn, "SELECT 1") * 1e3);
+    }
+    record(
+        "query",
+        &Figure {
+            id: "select_1_p50",
+            what: "SELECT 1, p50, POST /api/query (JSON) to the last byte (query worker round trip included)",
+            value: percentile(ours, 0.5),
+            unit: "ms",
+            higher_is_better: false,
+            reference: "SELECT 1 on an in-process DuckDB connection",
+            reference_value: percentile(theirs, 0.5),
+            claim: None,
+        },
+    );
 
     // 1. Latency, one query at a time.
     for (table, rows) in tables {

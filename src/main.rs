@@ -28,7 +28,7 @@ use clap::Parser;
 /// address space; only what a thread touches becomes memory. Written
 /// input is limited in nesting before DuckDB sees it
 /// (`limits.max_nesting_depth`); this is the margin for what SQL builds.
-const THREAD_STACK_BYTES: usize = 256 * 1024 * 1024;
+pub(crate) const THREAD_STACK_BYTES: usize = 256 * 1024 * 1024;
 
 extern "C" {
     // glibc: the attributes of threads created without any (C++ std::thread).
@@ -54,6 +54,11 @@ fn main() -> std::process::ExitCode {
     default_thread_stack();
     telemetry::init_logging();
     let cli = cli::Cli::parse();
+    if matches!(cli.command, cli::Command::QueryWorker) {
+        // Blocking threads only; no runtime, no logging set-up of its own
+        // (its stderr is the daemon's).
+        return query::worker::serve::run();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(THREAD_STACK_BYTES)

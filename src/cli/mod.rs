@@ -82,6 +82,10 @@ pub enum Command {
     /// Print a new admin key (256 random bits, hex) for
     /// security.admin_api_key_file or server.admin_api_key.
     AdminKey,
+    /// An account's query worker; the daemon starts it (see
+    /// query::worker), never a person.
+    #[command(hide = true)]
+    QueryWorker,
 }
 
 /// Runs the parsed command line.
@@ -101,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", hex::encode(bytes));
             Ok(())
         }
+        Command::QueryWorker => bail!("the query worker runs before the async runtime (main.rs)"),
     }
 }
 

@@ -55,7 +55,8 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     let extensions = Extensions::locate(&config.duckdb.extension_directory)?;
     let settings = config.duckdb.instance_settings();
     let pipelines = Arc::new(Pipelines::new(&config, extensions.clone()));
-    let engines = Arc::new(Engines::new(&config, extensions.clone()));
+    let engines = Arc::new(Engines::new(&config, extensions.clone()).context("preparing the query workers")?);
+    engines.reap_idle_workers();
     let conversions = Arc::new(Semaphore::new(config.limits.max_concurrent_conversions as usize));
     let engine = tokio::task::spawn_blocking(move || extensions.open_instance(&settings))
         .await?

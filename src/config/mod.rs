@@ -336,6 +336,10 @@ pub struct DuckDbConfig {
     pub memory_limit_mb: u64,
     /// Per-account DuckDB `threads`.
     pub threads: u32,
+    /// An account's query worker process (its SQL runs there, so a native
+    /// crash stops only that process) exits after this long without a
+    /// query; the next query starts it again (some 100 ms).
+    pub query_worker_idle_timeout_ms: u64,
 }
 
 impl DuckDbConfig {
@@ -347,7 +351,12 @@ impl DuckDbConfig {
 
 impl Default for DuckDbConfig {
     fn default() -> Self {
-        Self { extension_directory: "extensions".into(), memory_limit_mb: 4096, threads: 4 }
+        Self {
+            extension_directory: "extensions".into(),
+            memory_limit_mb: 4096,
+            threads: 4,
+            query_worker_idle_timeout_ms: 300_000,
+        }
     }
 }
 
@@ -642,6 +651,9 @@ impl Config {
         }
         if self.duckdb.threads == 0 {
             return value("duckdb.threads", "must be at least 1");
+        }
+        if self.duckdb.query_worker_idle_timeout_ms == 0 {
+            return value("duckdb.query_worker_idle_timeout_ms", "must be at least 1");
         }
         if self.duckdb.memory_limit_mb < 64 {
             return value("duckdb.memory_limit_mb", "must be at least 64");

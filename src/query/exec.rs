@@ -1,9 +1,10 @@
 //! Running one query: admission (a per-account limit with a short queue),
-//! execution on a blocking thread that streams Arrow batches through a
-//! small bounded channel (memory stays bounded whatever the result size),
-//! a deadline, and cancellation: dropping the [`Running`] query (the
-//! client went away, the deadline passed, enough rows were read)
-//! interrupts DuckDB.
+//! execution in the account's query worker ([`super::worker`]) that
+//! streams Arrow batches back through a small bounded channel (memory
+//! stays bounded whatever the result size), a deadline, and cancellation:
+//! dropping the [`Running`] query (the client went away, the deadline
+//! passed, enough rows were read) closes its connection to the worker,
+//! which interrupts DuckDB.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,18 +12,17 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
-use duckdb::InterruptHandle;
 use duckpond_compactor::LAKE_ALIAS;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
-use super::AccountEngine;
 use crate::accounts::AccountId;
 
 /// Batches buffered between DuckDB and the HTTP body.
 pub const CHANNEL_BATCHES: usize = 2;
 
 /// Why a query failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueryError {
     /// DuckDB refused it: bad SQL, unknown table, conversion, ... (400).
     Invalid(String),
@@ -34,18 +34,24 @@ pub enum QueryError {
         /// Its DuckDB type.
         duckdb_type: String,
         /// The format asked for.
-        format: &'static str,
+        format: String,
     },
     /// The sandbox refused it (403).
     Denied(String),
     /// Over the deadline, interrupted (408).
     TimedOut,
+    /// Time travel to a snapshot that does not exist or has expired (404).
+    NoSnapshot(i64),
+    /// The query's worker process died under it (a native crash such as a
+    /// stack overflow, or the kernel's OOM killer): the query is what the
+    /// account sent, so 400; the worker is started afresh for the next one.
+    Crashed(String),
     /// Storage or catalog unreachable (503).
     Unavailable(String),
 }
 
 impl QueryError {
-    fn of_duckdb(msg: String) -> Self {
+    pub(crate) fn of_duckdb(msg: String) -> Self {
         if msg.contains("Permission Error") || msg.contains("disabled by configuration") {
             QueryError::Denied(msg)
         } else if msg.contains("INTERRUPT") || msg.contains("Interrupted") {
@@ -80,27 +86,34 @@ pub enum Message {
 pub struct Running {
     /// Results, in order; the channel closes at the end.
     pub rx: mpsc::Receiver<Message>,
-    interrupt: Arc<InterruptHandle>,
+    cancel: Option<oneshot::Sender<()>>,
     _permit: OwnedSemaphorePermit,
     done: bool,
 }
 
 impl Running {
+    /// A query whose results arrive on `rx`; `cancel` fires to stop it.
+    pub(crate) fn new(rx: mpsc::Receiver<Message>, cancel: oneshot::Sender<()>, permit: OwnedSemaphorePermit) -> Self {
+        Self { rx, cancel: Some(cancel), _permit: permit, done: false }
+    }
+
     /// Marks the query as finished normally (no interrupt on drop).
     pub fn finish(&mut self) {
         self.done = true;
     }
 
     /// Interrupts DuckDB now.
-    pub fn interrupt(&self) {
-        self.interrupt.interrupt();
+    pub fn interrupt(&mut self) {
+        if let Some(c) = self.cancel.take() {
+            let _ = c.send(());
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         if !self.done {
-            self.interrupt.interrupt();
+            self.interrupt();
         }
     }
 }
@@ -140,7 +153,7 @@ impl Admission {
 /// - [`Carrier::Arrow`] / [`Carrier::Parquet`]: such a column is refused
 ///   before the first byte ([`QueryError::Unrepresentable`]), as are types
 ///   the Parquet writer cannot encode (UNION, month-day-nano INTERVAL).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Carrier {
     /// JSON rows.
     Json,
@@ -163,37 +176,25 @@ impl Carrier {
     }
 }
 
-/// Starts `sql` (already checked by [`super::guard`]) on a connection of
-/// `engine`; returns once it runs. At most `max_rows` rows are produced.
-pub async fn start(
-    engine: &Arc<AccountEngine>,
-    sql: String,
+/// Runs `sql` (already checked by [`super::guard`]) on `conn`, handing
+/// each [`Message`] to `send` (false: the reader is gone, stop). At most
+/// `max_rows` rows are produced. Blocking; runs in the query worker.
+pub(crate) fn produce(
+    conn: &duckdb::Connection,
+    sql: &str,
     max_rows: Option<u64>,
-    permit: OwnedSemaphorePermit,
     carrier: Carrier,
-) -> Result<Running, QueryError> {
-    // Even opening a connection reads the catalog (`USE lake`), which can
-    // wait on the catalog's lock while a flush commits: never on a runtime
-    // worker, or a few such waits stall every request of the daemon.
-    let e = engine.clone();
-    let conn = tokio::task::spawn_blocking(move || e.connection())
-        .await
-        .map_err(|e| QueryError::Unavailable(format!("query task failed: {e}")))?
-        .map_err(|e| QueryError::Unavailable(e.to_string()))?;
-    let interrupt = conn.interrupt_handle();
-    let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-    tokio::task::spawn_blocking(move || produce(conn, &sql, max_rows, tx, carrier));
-    Ok(Running { rx, interrupt, _permit: permit, done: false })
-}
-
-fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc::Sender<Message>, carrier: Carrier) {
-    let fail = |tx: &mpsc::Sender<Message>, e: QueryError| {
-        let _ = tx.blocking_send(Message::Failed(e));
-    };
+    send: &mut dyn FnMut(Message) -> bool,
+) {
+    macro_rules! fail {
+        ($e:expr $(,)?) => {{
+            send(Message::Failed($e));
+        }};
+    }
     // One read transaction: the snapshot id reported is the one the query
     // reads (DuckLake pins it at first access).
     if let Err(e) = conn.execute_batch("BEGIN TRANSACTION") {
-        return fail(&tx, QueryError::of_duckdb(e.to_string()));
+        return fail!(QueryError::of_duckdb(e.to_string()));
     }
     let snapshot_id: Option<i64> =
         conn.query_row(&format!("SELECT id FROM {LAKE_ALIAS}.current_snapshot()"), [], |r| r.get(0)).ok();
@@ -209,7 +210,7 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
         Some(s) => s,
         None => match conn.prepare(sql) {
             Ok(s) => s,
-            Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+            Err(e) => return fail!(QueryError::of_duckdb(e.to_string())),
         },
     };
     // Executed once, streaming; the batches are then fetched from the
@@ -217,7 +218,7 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
     // asking the columns' DuckDB types without executing again.
     let mut schema = match stmt.stream_arrow([]) {
         Ok(s) => s.get_schema(),
-        Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+        Err(e) => return fail!(QueryError::of_duckdb(e.to_string())),
     };
     let mut as_text = vec![None; schema.fields().len()];
     if carrier != Carrier::Csv && schema.fields().iter().any(|f| may_hide_inexact(f.data_type())) {
@@ -227,14 +228,11 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
             .filter_map(|i| inexact_type(&stmt.column_logical_type(i)).map(|t| (i, t)))
             .collect();
         if let Some((i, t)) = inexact.first().filter(|_| carrier != Carrier::Json) {
-            return fail(
-                &tx,
-                QueryError::Unrepresentable {
-                    column: schema.field(*i).name().clone(),
-                    duckdb_type: t.clone(),
-                    format: carrier.name(),
-                },
-            );
+            return fail!(QueryError::Unrepresentable {
+                column: schema.field(*i).name().clone(),
+                duckdb_type: t.clone(),
+                format: carrier.name().into(),
+            },);
         }
         if !inexact.is_empty() {
             // JSON: those columns as DuckDB's text, by position (names
@@ -256,24 +254,25 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
             drop(stmt);
             stmt = match conn.prepare(&text) {
                 Ok(s) => s,
-                Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+                Err(e) => return fail!(QueryError::of_duckdb(e.to_string())),
             };
             schema = match stmt.stream_arrow([]) {
                 Ok(s) => s.get_schema(),
-                Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+                Err(e) => return fail!(QueryError::of_duckdb(e.to_string())),
             };
         }
     }
     if carrier == Carrier::Parquet {
         if let Some(f) = schema.fields().iter().find(|f| !parquet_encodes(f.data_type())) {
             let t = super::render::type_name(f.data_type());
-            return fail(
-                &tx,
-                QueryError::Unrepresentable { column: f.name().clone(), duckdb_type: t, format: "parquet" },
-            );
+            return fail!(QueryError::Unrepresentable {
+                column: f.name().clone(),
+                duckdb_type: t,
+                format: "parquet".into()
+            },);
         }
     }
-    if tx.blocking_send(Message::Start { schema, snapshot_id, as_text }).is_err() {
+    if !send(Message::Start { schema, snapshot_id, as_text }) {
         return;
     }
     let mut left = max_rows.unwrap_or(u64::MAX);
@@ -283,12 +282,12 @@ fn produce(conn: duckdb::Connection, sql: &str, max_rows: Option<u64>, tx: mpsc:
         let batch = match stmt.step() {
             Ok(Some(array)) => RecordBatch::from(&array),
             Ok(None) => break,
-            Err(e) => return fail(&tx, QueryError::of_duckdb(e.to_string())),
+            Err(e) => return fail!(QueryError::of_duckdb(e.to_string())),
         };
         let batch = if (batch.num_rows() as u64) > left { batch.slice(0, left as usize) } else { batch };
         left -= batch.num_rows() as u64;
-        if tx.blocking_send(Message::Batch(batch)).is_err() {
-            return; // The reader is gone; Running's drop interrupts.
+        if !send(Message::Batch(batch)) {
+            return; // The reader is gone (and has interrupted the query).
         }
     }
     drop(stmt);

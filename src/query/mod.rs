@@ -8,8 +8,10 @@
 //!   snapshots, previews).
 //! - [`guard`]: which SQL the query API accepts (one read statement, no
 //!   state-changing functions).
-//! - [`exec`]: running a query on a blocking thread and streaming its
-//!   batches back, with admission, deadline and cancellation.
+//! - [`exec`]: running a query and streaming its batches back, with
+//!   admission, deadline and cancellation.
+//! - [`worker`]: the per-account processes the account's SQL runs in, so
+//!   a native crash in DuckDB stops only that process.
 //! - [`render`]: results as exact JSON.
 //! - [`prometheus`]: Prometheus remote read over the metrics tables.
 //!
@@ -26,10 +28,12 @@ pub mod exec;
 pub mod guard;
 pub mod prometheus;
 pub mod render;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use duckpond_compactor::{Extensions, InstanceSettings, LakeError, LAKE_ALIAS};
 
@@ -82,18 +86,65 @@ pub struct Engines {
     storage_root: PathBuf,
     catalogs: CatalogPlacement,
     open: tokio::sync::Mutex<HashMap<AccountId, Arc<AccountEngine>>>,
+    workers: worker::Workers,
 }
 
 impl Engines {
-    /// A registry configured from `config`; opens nothing yet.
-    pub fn new(config: &Config, extensions: Extensions) -> Self {
-        Self {
+    /// A registry configured from `config`; opens nothing yet. Fails when
+    /// the query workers' socket directory cannot be made or this
+    /// executable cannot be found.
+    pub fn new(config: &Config, extensions: Extensions) -> std::io::Result<Self> {
+        let idle = Duration::from_millis(config.duckdb.query_worker_idle_timeout_ms);
+        Ok(Self {
             extensions,
             settings: config.duckdb.instance_settings(),
             storage_root: config.storage.local_path.clone(),
             catalogs: CatalogPlacement::from_config(config),
             open: tokio::sync::Mutex::new(HashMap::new()),
+            workers: worker::Workers::new(std::env::current_exe()?, idle)?,
+        })
+    }
+
+    /// Starts the account's query worker unless it runs; call before
+    /// taking an admission slot, so that no slot waits on a start.
+    pub async fn ready(&self, account: &Account) -> Result<(), exec::QueryError> {
+        self.workers.ready(&account.id, |socket| self.worker_spec(account, socket)).await
+    }
+
+    /// Starts `request` in the account's query worker (see [`worker`]).
+    pub async fn query(
+        &self,
+        account: &Account,
+        request: worker::wire::Request,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<exec::Running, exec::QueryError> {
+        self.workers.start(&account.id, |socket| self.worker_spec(account, socket), request, permit).await
+    }
+
+    fn worker_spec(&self, account: &Account, socket: PathBuf) -> worker::Spec {
+        let layout = AccountLayout::new(&self.storage_root, &account.id);
+        worker::Spec {
+            extension_dir: self.extensions.dir().to_path_buf(),
+            memory_limit_mb: self.settings.memory_limit_mb,
+            threads: self.settings.threads,
+            attach_sql: layout.catalog(&self.catalogs).attach_sql(LAKE_ALIAS, true),
+            account_root: layout.root().to_path_buf(),
+            socket,
         }
+    }
+
+    /// Stops query workers idle past `duckdb.query_worker_idle_timeout_ms`,
+    /// every so often, for as long as `self` lives.
+    pub fn reap_idle_workers(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(interval) = me.upgrade().map(|e| e.workers.reap_interval()) else { return };
+                tokio::time::sleep(interval).await;
+                let Some(engines) = me.upgrade() else { return };
+                engines.workers.reap_idle().await;
+            }
+        });
     }
 
     /// The verified extension binaries (conversions load from them too).
@@ -109,43 +160,41 @@ impl Engines {
         // Once per account and process (not per time-travel engine).
         let location = AccountLayout::new(&self.storage_root, &account.id).catalog(&self.catalogs);
         crate::accounts::layout::catalog_journal_mode(&location, self.catalogs.sqlite_wal()).await?;
-        let engine = self.open_engine(account, None).await?;
+        let engine = self.open_engine(account).await?;
         // Two first requests may both open one; the first stored wins.
         Ok(self.open.lock().await.entry(account.id.clone()).or_insert(engine).clone())
     }
 
-    /// A fresh instance pinned to snapshot `version` (time travel by
-    /// `"snapshot": N`); not cached.
-    pub async fn at_snapshot(&self, account: &Account, version: i64) -> Result<Arc<AccountEngine>, LakeError> {
-        self.open_engine(account, Some(version)).await
-    }
-
-    /// Opens a sandboxed instance on the account's lake (at `version`, or
-    /// following the latest snapshot).
-    async fn open_engine(&self, account: &Account, version: Option<i64>) -> Result<Arc<AccountEngine>, LakeError> {
+    /// Opens a sandboxed instance on the account's lake, following the
+    /// latest snapshot.
+    async fn open_engine(&self, account: &Account) -> Result<Arc<AccountEngine>, LakeError> {
         let layout = AccountLayout::new(&self.storage_root, &account.id);
         let (ext, settings, location) = (self.extensions.clone(), self.settings, layout.catalog(&self.catalogs));
         let metadata_tables = location.metadata_tables(LAKE_ALIAS);
         let root = layout.root().to_path_buf();
-        let mut attach = location.attach_sql(LAKE_ALIAS, true);
-        if let Some(v) = version {
-            attach = format!("{}, SNAPSHOT_VERSION {v})", attach.trim_end_matches(')'));
-        }
+        let attach = location.attach_sql(LAKE_ALIAS, true);
         let conn = tokio::task::spawn_blocking(move || sandboxed(&ext, &settings, &attach, &root))
             .await
             .unwrap_or_else(|e| Err(LakeError::RoundTrip(format!("opening the engine failed: {e}"))))?;
         Ok(Arc::new(AccountEngine { base: Mutex::new(conn), metadata_tables }))
     }
 
-    /// Closes the account's instance (before deleting it).
+    /// Closes the account's instance and stops its query worker (before
+    /// deleting the account).
     pub async fn close(&self, id: &AccountId) {
         self.open.lock().await.remove(id);
+        self.workers.stop(id).await;
     }
+}
+
+/// `attach` (a read-only DuckLake ATTACH) pinned to snapshot `version`.
+pub(crate) fn pinned(attach: &str, version: i64) -> String {
+    format!("{}, SNAPSHOT_VERSION {version})", attach.trim_end_matches(')'))
 }
 
 /// Opens an instance, attaches the lake with `attach`, and closes every
 /// door behind it (see the module docs). Blocking.
-fn sandboxed(
+pub(crate) fn sandboxed(
     ext: &Extensions,
     settings: &InstanceSettings,
     attach: &str,

@@ -1,7 +1,6 @@
 //! `/api/query`: SQL over the account's committed snapshots, as JSON or as
 //! a CSV / Parquet / Arrow IPC download streamed with bounded memory.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -13,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::query::exec::{self, Carrier, Message, QueryError, Running};
+use crate::query::guard;
 use crate::query::render::{self, ResultColumn};
-use crate::query::{guard, AccountEngine};
+use crate::query::worker::wire::Request;
 use crate::server::auth::AuthedAccount;
 use crate::server::error::{ApiError, ErrorBody, LAKE_RETRY_AFTER_S};
 use crate::server::extract::ApiJson;
@@ -135,6 +135,13 @@ fn query_error(e: QueryError) -> ApiError {
              (for example {column}::VARCHAR) or ask for format json or csv"
         )),
         QueryError::Denied(m) => ApiError::Forbidden(format!("not allowed: {m}")),
+        QueryError::NoSnapshot(v) => {
+            ApiError::NotFound(format!("snapshot {v} does not exist or has expired (see GET /api/datasets/{{name}})"))
+        }
+        QueryError::Crashed(why) => ApiError::BadRequest(format!(
+            "the query stopped the account's query process: {why}. Nothing else was affected and the next query \
+             starts a new process. A value nested very deeply (JSON text built with repeat(), say) is the usual cause"
+        )),
         QueryError::TimedOut => {
             ApiError::RequestTimeout("the query ran past limits.query_timeout_ms and was stopped".into())
         }
@@ -176,6 +183,7 @@ async fn run(
         guard::Refused::NotAllowed(m) => ApiError::Forbidden(m),
     })?;
 
+    state.engines.ready(&auth.account).await.map_err(query_error)?;
     let quotas = auth.account.overrides.resolve(state.accounts.limits());
     let queue = Duration::from_millis(limits.query_queue_timeout_ms);
     let permit =
@@ -188,13 +196,6 @@ async fn run(
                 retry_after_s: 1,
             }
         })?;
-    let engine: Arc<AccountEngine> = match req.snapshot {
-        None => engine,
-        Some(v) => state.engines.at_snapshot(&auth.account, v).await.map_err(|e| {
-            tracing::info!(error = %e, snapshot = v, "time travel to an unreadable snapshot");
-            ApiError::NotFound(format!("snapshot {v} does not exist or has expired (see GET /api/datasets/{{name}})"))
-        })?,
-    };
     let deadline = started + Duration::from_millis(limits.query_timeout_ms);
     // JSON reads one row past the limit to know whether it truncated.
     let max_rows = match format {
@@ -207,7 +208,8 @@ async fn run(
         OutputFormat::Arrow => Carrier::Arrow,
         OutputFormat::Parquet => Carrier::Parquet,
     };
-    let mut running = exec::start(&engine, req.sql, max_rows, permit, carrier).await.map_err(query_error)?;
+    let request = Request { sql: req.sql, max_rows, carrier, snapshot: req.snapshot };
+    let mut running = state.engines.query(&auth.account, request, permit).await.map_err(query_error)?;
     let (schema, snapshot_id, as_text) = match next(&mut running, deadline).await? {
         Some(Message::Start { schema, snapshot_id, as_text }) => (schema, snapshot_id, as_text),
         Some(Message::Failed(e)) => return Err(query_error(e)),

@@ -48,11 +48,6 @@ impl NotebookId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// marimo's `--base-url` and the proxy prefix of this notebook.
-    pub fn base_url(&self) -> String {
-        format!("/notebooks/{}", self.0)
-    }
 }
 
 impl fmt::Display for NotebookId {
@@ -123,11 +118,59 @@ pub enum NotebookError {
     Io(#[from] std::io::Error),
 }
 
-/// Who a session belongs to: the proxy checks both parts.
+/// How a session serves its notebook. A notebook may have one session of
+/// each mode at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionMode {
+    /// marimo's editor (`marimo edit`): code is changed, saved and run.
+    /// Needs a `write` key.
+    Edit,
+    /// marimo's app view (`marimo run`): the notebook runs and its outputs
+    /// and widgets work, its code cannot be changed and its directory is
+    /// mounted read-only. A `read` key suffices.
+    View,
+}
+
+impl SessionMode {
+    /// The marimo command serving this mode.
+    pub fn marimo_command(self) -> &'static str {
+        match self {
+            SessionMode::Edit => "edit",
+            SessionMode::View => "run",
+        }
+    }
+
+    /// `args` for the editor, nothing for the view (`marimo run` does not
+    /// take editor flags such as `--skip-update-check`; the environment's
+    /// MARIMO_SKIP_UPDATE_CHECK covers it there).
+    pub fn edit_only<'a>(self, args: &'a [&'a str]) -> &'a [&'a str] {
+        match self {
+            SessionMode::Edit => args,
+            SessionMode::View => &[],
+        }
+    }
+}
+
+/// Who a session belongs to: the proxy checks every part.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     /// The owning account.
     pub account: AccountId,
     /// The notebook served.
     pub notebook: NotebookId,
+    /// Editor or read-only view.
+    pub mode: SessionMode,
+}
+
+impl SessionKey {
+    /// marimo's `--base-url` and the proxy prefix of this session:
+    /// `/notebooks/{id}` (edit) or `/notebooks/view/{id}` (view; "view" is
+    /// never an id, which is 16 hex digits).
+    pub fn base_url(&self) -> String {
+        match self.mode {
+            SessionMode::Edit => format!("/notebooks/{}", self.notebook),
+            SessionMode::View => format!("/notebooks/view/{}", self.notebook),
+        }
+    }
 }

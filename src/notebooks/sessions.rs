@@ -78,6 +78,8 @@ pub struct SessionView {
     pub last_activity: Option<DateTime<Utc>>,
     /// `process` or `docker`.
     pub backend: &'static str,
+    /// Editor or read-only view.
+    pub mode: super::SessionMode,
 }
 
 struct Inner {
@@ -138,10 +140,11 @@ impl Session {
             notebook_id: self.key.notebook.to_string(),
             state: inner.state,
             reason: inner.reason.clone(),
-            url: (inner.state == SessionState::Ready).then(|| format!("{}/", self.key.notebook.base_url())),
+            url: (inner.state == SessionState::Ready).then(|| format!("{}/", self.key.base_url())),
             started_at: Some(self.started_at),
             last_activity: Utc.timestamp_millis_opt(self.last_activity_ms.load(Ordering::Relaxed)).single(),
             backend,
+            mode: self.key.mode,
         }
     }
 
@@ -255,6 +258,7 @@ impl SessionManager {
                 started_at: None,
                 last_activity: None,
                 backend: self.backend.name(),
+                mode: key.mode,
             },
         }
     }
@@ -412,14 +416,13 @@ impl SessionManager {
     }
 
     async fn healthy(&self, session: &Session) -> bool {
-        let url = format!("http://127.0.0.1:{}{}/health", session.port, session.key.notebook.base_url());
+        let url = format!("http://127.0.0.1:{}{}/health", session.port, session.key.base_url());
         matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
     }
 
     /// marimo's count of connected editors (None if it does not answer).
     async fn marimo_connections(&self, session: &Session) -> Option<u64> {
-        let url =
-            format!("http://127.0.0.1:{}{}/api/status/connections", session.port, session.key.notebook.base_url());
+        let url = format!("http://127.0.0.1:{}{}/api/status/connections", session.port, session.key.base_url());
         let r = self.http.get(url).bearer_auth(&session.token).send().await.ok()?;
         let v: serde_json::Value = r.json().await.ok()?;
         v.get("active").and_then(|a| a.as_u64())

@@ -55,7 +55,11 @@ export function notebooksView(main) {
     const actions = r.querySelector(".actions");
     if (s.state === "ready") {
       actions.append(
-        h("a", { class: "button", href: s.url, target: "_blank", rel: "noopener" }, "Open editor"),
+        h(
+          "a",
+          { class: "button", href: s.url, target: "_blank", rel: "noopener" },
+          s.mode === "view" ? "Open (read-only)" : "Open editor",
+        ),
         h("button", { type: "button", onclick: () => act(() => post(`/api/notebooks/${nb.id}/stop`), r) }, "Stop"),
       );
     } else if (s.state === "starting" || s.state === "stopping") {

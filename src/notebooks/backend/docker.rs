@@ -114,7 +114,7 @@ impl DockerBackend {
         let memory = (self.limits.memory_limit_mb * 1024 * 1024) as i64;
         let mut cmd: Vec<String> = vec![
             format!("{IMAGE_VENV}/bin/marimo"),
-            "edit".into(),
+            spec.mode.marimo_command().into(),
             format!("{WORK_MOUNT}/{}", super::super::files::NOTEBOOK_FILE),
         ];
         cmd.extend(
@@ -129,11 +129,11 @@ impl DockerBackend {
                 "--token",
                 "--token-password-file",
                 TOKEN_MOUNT,
-                "--skip-update-check",
                 "--no-sandbox",
             ]
             .map(String::from),
         );
+        cmd.extend(spec.mode.edit_only(&["--skip-update-check"]).iter().map(|a| a.to_string()));
         let mut env = vec![
             format!("PATH={IMAGE_VENV}/bin:/usr/bin:/bin"),
             "HOME=/tmp".into(),
@@ -167,7 +167,14 @@ impl DockerBackend {
             security_opt: Some(vec!["no-new-privileges".into()]),
             binds: Some(vec![
                 format!("{}:{LAKE_MOUNT}:ro", spec.account_root.display()),
-                format!("{}:{WORK_MOUNT}:rw", spec.notebook_dir.display()),
+                format!(
+                    "{}:{WORK_MOUNT}:{}",
+                    spec.notebook_dir.display(),
+                    match spec.mode {
+                        crate::notebooks::SessionMode::Edit => "rw",
+                        crate::notebooks::SessionMode::View => "ro",
+                    }
+                ),
                 format!("{}:{TOKEN_MOUNT}:ro", token_file.display()),
             ]),
             ..Default::default()

@@ -24,8 +24,11 @@ pub struct LaunchSpec {
     pub account_id: String,
     /// The notebook's id.
     pub notebook_id: String,
-    /// Host directory holding `notebook.py` (writable by the session).
+    /// Host directory holding `notebook.py` (writable by an edit session,
+    /// read-only to a view session).
     pub notebook_dir: PathBuf,
+    /// Editor (`marimo edit`) or read-only view (`marimo run`).
+    pub mode: crate::notebooks::SessionMode,
     /// The account's root directory (the session reads its lake from here).
     pub account_root: PathBuf,
     /// `ducklake:sqlite:<path>` of the account's catalog, as seen on the

@@ -40,6 +40,9 @@ const BWRAP_INFO_FD: i32 = 3;
 const BWRAP_INFO_TIMEOUT_MS: u64 = 10_000;
 /// The session's home inside the sandbox.
 const SANDBOX_HOME: &str = "/home/notebook";
+/// Where a sandboxed session sees its notebook's directory (the docker
+/// backend's path too).
+const SANDBOX_WORK: &str = "/work";
 /// `/etc/hosts` inside the sandbox.
 const SANDBOX_HOSTS: &str = "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n";
 /// The session's user and group inside its user namespace.
@@ -210,7 +213,10 @@ impl ProcessBackend {
         log: std::fs::File,
         cgroup: Option<&SessionCgroup>,
     ) -> anyhow::Result<(tokio::process::Child, Option<Relay>)> {
-        let notebook = spec.notebook_dir.join(super::super::files::NOTEBOOK_FILE);
+        let notebook = match &self.sandbox {
+            Some(_) => Path::new(SANDBOX_WORK).join(super::super::files::NOTEBOOK_FILE),
+            None => spec.notebook_dir.join(super::super::files::NOTEBOOK_FILE),
+        };
         let mut cmd = match &self.sandbox {
             Some(sandbox) => {
                 if !sandbox.bwrap.exists() {
@@ -225,11 +231,12 @@ impl ProcessBackend {
             }
             None => tokio::process::Command::new(&self.marimo),
         };
-        cmd.arg("edit")
+        cmd.arg(spec.mode.marimo_command())
             .arg(&notebook)
             .args(["--headless", "--host", "127.0.0.1", "--port", &spec.port.to_string()])
             .args(["--base-url", &spec.base_url, "--token", "--token-password-file", "-"])
-            .args(["--skip-update-check", "--no-sandbox"])
+            .args(spec.mode.edit_only(&["--skip-update-check"]))
+            .arg("--no-sandbox")
             .current_dir(&spec.notebook_dir)
             .env_clear()
             .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", self.env_bin.display()))
@@ -446,11 +453,19 @@ impl Sandbox {
             push(&["--ro-bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
         }
         push(&["--ro-bind".as_ref(), spec.account_root.as_os_str(), spec.account_root.as_os_str()]);
-        push(&["--bind".as_ref(), spec.notebook_dir.as_os_str(), spec.notebook_dir.as_os_str()]);
+        // A view session (`marimo run`, a read key) cannot change the
+        // notebook, whatever its cells do.
+        let notebook_bind = match spec.mode {
+            crate::notebooks::SessionMode::Edit => "--bind",
+            crate::notebooks::SessionMode::View => "--ro-bind",
+        };
+        // At a neutral path, as in a container: marimo's pages show the
+        // notebook's file name, which must not name a server path.
+        push(&[notebook_bind.as_ref(), spec.notebook_dir.as_os_str(), SANDBOX_WORK.as_ref()]);
         // The session's home at a neutral path: nothing of the daemon's run
         // directory (where other sessions live) appears inside.
         push(&["--bind".as_ref(), home.as_os_str(), SANDBOX_HOME.as_ref()]);
-        push(&["--chdir".as_ref(), spec.notebook_dir.as_os_str()]);
+        push(&["--chdir".as_ref(), SANDBOX_WORK.as_ref()]);
         let info = BWRAP_INFO_FD.to_string();
         push(&["--info-fd".as_ref(), info.as_ref()]);
         a

@@ -12,11 +12,12 @@ use duckpond_compactor::CatalogMetadata;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::accounts::keys::Scope;
 use crate::notebooks::backend::LaunchSpec;
 use crate::notebooks::files::{NotebookStore, NotebookSummary};
 use crate::notebooks::sessions::SessionView;
-use crate::notebooks::{proxy, NotebookError, NotebookId, SessionKey};
-use crate::server::auth::{AuthedAccount, Manager, Writer};
+use crate::notebooks::{proxy, NotebookError, NotebookId, SessionKey, SessionMode};
+use crate::server::auth::{AuthedAccount, Manager};
 use crate::server::error::{ApiError, ErrorBody};
 use crate::server::extract::JsonOrDefault;
 use crate::server::AppState;
@@ -69,14 +70,47 @@ pub struct StartParams {
     /// Reply once the session is ready (or failed) instead of at once.
     #[serde(default)]
     pub wait: bool,
+    /// `edit` (marimo's editor; a `write` key) or `view` (the notebook
+    /// run as a read-only app; any key). Default: `edit` for write and
+    /// manage keys, `view` for read keys.
+    #[param(value_type = Option<String>)]
+    pub mode: Option<SessionMode>,
+}
+
+/// Which of a notebook's sessions a request is about.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ModeParams {
+    /// `edit` or `view`; default as for a start.
+    #[param(value_type = Option<String>)]
+    pub mode: Option<SessionMode>,
 }
 
 fn store(state: &AppState, auth: &AuthedAccount) -> NotebookStore {
     NotebookStore::new(state.accounts.layout(&auth.account).notebooks_dir(), state.config.notebooks.max_notebook_bytes)
 }
 
+/// The caller's session of notebook `id` in its natural mode: the editor
+/// for keys that may write, the read-only view for read keys.
 fn key(auth: &AuthedAccount, id: &NotebookId) -> SessionKey {
-    SessionKey { account: auth.account.id.clone(), notebook: id.clone() }
+    let mode = if auth.scope >= Scope::Write { SessionMode::Edit } else { SessionMode::View };
+    SessionKey { account: auth.account.id.clone(), notebook: id.clone(), mode }
+}
+
+/// The caller's session of notebook `id` in `mode` (or its natural one);
+/// 403 when a read key asks for the editor.
+fn key_in(auth: &AuthedAccount, id: &NotebookId, mode: Option<SessionMode>) -> Result<SessionKey, ApiError> {
+    let mut k = key(auth, id);
+    if let Some(mode) = mode {
+        k.mode = mode;
+    }
+    if k.mode == SessionMode::Edit && auth.scope < Scope::Write {
+        return Err(ApiError::Forbidden(format!(
+            "this key has the {} scope: it opens notebooks read-only (mode=view); the editor needs a write key",
+            auth.scope
+        )));
+    }
+    Ok(k)
 }
 
 /// The caller's notebook `raw` (400 for a malformed id, 404 when the account
@@ -181,7 +215,10 @@ pub async fn delete(
     // stop and the removal of the files.
     let _names = state.notebook_names.lock().await;
     let (id, store) = existing(&state, &auth, &id).await?;
-    state.notebooks.forget(&key(&auth, &id)).await;
+    for mode in [SessionMode::Edit, SessionMode::View] {
+        let k = SessionKey { account: auth.account.id.clone(), notebook: id.clone(), mode };
+        state.notebooks.forget(&k).await;
+    }
     files(move || store.delete(&id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -194,11 +231,12 @@ pub async fn delete(
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
-    auth: Writer,
+    auth: AuthedAccount,
     Path(id): Path<String>,
     params: Result<Query<StartParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<(StatusCode, Json<SessionView>), ApiError> {
     let Query(params) = params?;
+    let k = key_in(&auth, &NotebookId::parse(&id)?, params.mode)?;
     // Held until the session is registered (see `delete`).
     let names = state.notebook_names.lock().await;
     let (id, store) = existing(&state, &auth, &id).await?;
@@ -212,7 +250,6 @@ pub async fn start(
         CatalogMetadata::Postgres { .. } => None,
     };
     let quotas = auth.account.overrides.resolve(state.accounts.limits());
-    let k = key(&auth, &id);
     let (view, new) = state.notebooks.start(
         k.clone(),
         |session_id, port, token| LaunchSpec {
@@ -220,12 +257,13 @@ pub async fn start(
             account_id: auth.account.id.to_string(),
             notebook_id: id.to_string(),
             notebook_dir,
+            mode: k.mode,
             account_root: layout.root().to_path_buf(),
             catalog_sqlite,
             data_path: location.data_path.clone(),
             port,
             token: token.to_string(),
-            base_url: id.base_url(),
+            base_url: k.base_url(),
         },
         quotas.max_notebook_sessions,
     )?;
@@ -242,11 +280,13 @@ pub async fn start(
     params(("id" = String, Path)), responses((status = 200, body = SessionView), (status = 404, body = ErrorBody)))]
 pub async fn stop(
     State(state): State<AppState>,
-    auth: Writer,
+    auth: AuthedAccount,
     Path(id): Path<String>,
+    params: Result<Query<ModeParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionView>, ApiError> {
+    let Query(params) = params?;
     let (id, _) = existing(&state, &auth, &id).await?;
-    Ok(Json(state.notebooks.stop(&key(&auth, &id), None).await?))
+    Ok(Json(state.notebooks.stop(&key_in(&auth, &id, params.mode)?, None).await?))
 }
 
 /// The notebook's session.
@@ -256,21 +296,30 @@ pub async fn session(
     State(state): State<AppState>,
     auth: AuthedAccount,
     Path(id): Path<String>,
+    params: Result<Query<ModeParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SessionView>, ApiError> {
+    let Query(params) = params?;
     let (id, _) = existing(&state, &auth, &id).await?;
-    Ok(Json(state.notebooks.view(&key(&auth, &id))))
+    let mut k = key(&auth, &id);
+    // Looking at the editor's state needs no write scope.
+    k.mode = params.mode.unwrap_or(k.mode);
+    Ok(Json(state.notebooks.view(&k)))
 }
 
 /// `/notebooks/{id}` and everything below: the proxy.
 pub async fn proxy(
     State(state): State<AppState>,
-    auth: Writer,
+    auth: AuthedAccount,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let rest = req.uri().path().strip_prefix("/notebooks/").unwrap_or_default();
+    let (mode, rest) = match rest.strip_prefix("view/") {
+        Some(rest) => (SessionMode::View, rest),
+        None => (SessionMode::Edit, rest),
+    };
     let id = NotebookId::parse(rest.split('/').next().unwrap_or_default())?;
-    let session = match state.notebooks.ready(&key(&auth, &id)) {
+    let session = match state.notebooks.ready(&key_in(&auth, &id, Some(mode))?) {
         Ok(s) => s,
         // A notebook this account does not have (another account's
         // included) is 404, as everywhere else in the API; only one it has

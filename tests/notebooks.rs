@@ -510,27 +510,35 @@ struct Attack {
     shared: common::Shared,
     kernel: std::sync::Mutex<Kernel>,
     alice_root: PathBuf,
+    mallory_root: PathBuf,
+    /// The host port of another account's running session.
+    neighbour_port: u16,
 }
 
 fn attack_on(backend: &str) -> &'static Attack {
     static PROCESS: std::sync::OnceLock<Attack> = std::sync::OnceLock::new();
     static DOCKER: std::sync::OnceLock<Attack> = std::sync::OnceLock::new();
+    // Three ports: Mallory's session, a neighbour's, a read-only view.
     let (cell, ports, extra) = match backend {
-        "process" => (&PROCESS, (20_110, 20_111), String::new()),
-        _ => (&DOCKER, (20_120, 20_121), format!("  backend: docker\n  docker_image: {}\n", notebook_image())),
+        "process" => (&PROCESS, (20_110, 20_112), String::new()),
+        _ => (&DOCKER, (20_120, 20_122), format!("  backend: docker\n  docker_image: {}\n", notebook_image())),
     };
     cell.get_or_init(|| {
         // Shared: the daemon dies with the test process (statics are never dropped).
         let shared = common::Shared::start(env_with(ports, &extra, ""));
         let (alice_key, alice_root) = shared.account("alice");
-        let (mallory, _) = shared.account("mallory");
+        let (mallory, mallory_root) = shared.account("mallory");
         let server = &shared.server;
         upload_csv(server, &alice_key, "secrets", "s\nalice-only\n");
         upload_csv(server, &mallory, "mine", "m\n1\n");
+        // Alice's session runs too: its port must be out of Mallory's reach.
+        let neighbour = create_notebook(server, &alice_key, "neighbour");
+        start_ready(server, &alice_key, &neighbour);
+        let neighbour_port = session_port(ports, &neighbour);
         let id = create_notebook(server, &mallory, "attack");
         start_ready(server, &mallory, &id);
         let kernel = Kernel::open(&server.url, &server.http, &mallory, &id);
-        Attack { shared, kernel: std::sync::Mutex::new(kernel), alice_root }
+        Attack { shared, kernel: std::sync::Mutex::new(kernel), alice_root, mallory_root, neighbour_port }
     })
 }
 
@@ -540,11 +548,39 @@ fn attempt(backend: &str, code: &str) -> Result<String, String> {
     a.kernel.lock().unwrap_or_else(|e| e.into_inner()).try_eval(code)
 }
 
-fn refused(backend: &str, what: &str, code: &str) {
-    if let Ok(out) = attempt(backend, code) {
-        panic!("{backend}: {what} succeeded: {out}");
-    }
+/// Runs the expression `code` in Mallory's session and checks it failed
+/// with one of `kinds`: an exception class name (`PermissionError`) or a
+/// class and errno (`OSError:30`). Any other outcome fails the test: an
+/// attempt that succeeded, and one that failed for an unrelated reason (a
+/// typo, a missing variable), which would prove nothing.
+fn refused(backend: &str, what: &str, code: &str, kinds: &[&str]) {
+    let probe = format!(
+        "try:\n    _r = 'PROBE-OK ' + repr({code})[:200]\nexcept Exception as _e:\n    \
+         _r = f'PROBE-ERR:{{type(_e).__name__}}:{{getattr(_e, \"errno\", None)}}: {{str(_e)[:300]}}'\n_r"
+    );
+    let out = attempt(backend, &probe).unwrap_or_else(|e| panic!("{backend}: {what}: the probe itself failed: {e}"));
+    let Some(at) = out.find("PROBE-ERR:") else { panic!("{backend}: {what} succeeded: {out}") };
+    let got: String = out[at + "PROBE-ERR:".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == ':' || *c == '_')
+        .collect();
+    let mut parts = got.splitn(3, ':');
+    let (class, errno) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    // A kind is `Class`, `Class:errno`, or `Class~words of its message`.
+    let matches = kinds.iter().any(|k| match (k.split_once('~'), k.split_once(':')) {
+        (Some((c, words)), _) => c == class && out[at..].contains(words),
+        (None, Some((c, n))) => c == class && n == errno,
+        (None, None) => *k == class,
+    });
+    assert!(matches, "{backend}: {what} failed with {}, not one of {kinds:?}", &out[at..out.len().min(at + 400)]);
 }
+
+/// File access the sandbox hides or forbids.
+const NO_FILE: &[&str] = &["PermissionError", "FileNotFoundError"];
+/// Writes the sandbox forbids (read-only mount: EROFS).
+const NO_WRITE: &[&str] = &["PermissionError", "FileNotFoundError", "OSError:30"];
+/// A loopback service no one listens on inside the session's namespace.
+const NO_SERVICE: &[&str] = &["ConnectionRefusedError"];
 
 fn py(s: &std::path::Path) -> String {
     format!("{:?}", s.display().to_string())
@@ -565,28 +601,56 @@ attacks! {
     }
     cannot_read_another_accounts_lake: |b| {
         let a = attack_on(b);
-        refused(b, "reading Alice's catalog", &format!("open({}, 'rb').read(16)", py(&a.alice_root.join("catalog.sqlite"))));
-        refused(b, "listing Alice's data", &format!("__import__('os').listdir({})", py(&a.alice_root.join("data"))));
-        refused(b, "attaching Alice's lake", &format!("duckdb.sql(\"ATTACH 'ducklake:sqlite:{}' AS a (READ_ONLY)\")", a.alice_root.join("catalog.sqlite").display()));
+        // Each target exists on the host: a refusal is the sandbox's doing.
+        assert!(a.alice_root.join("catalog.sqlite").is_file() && a.alice_root.join("data").is_dir());
+        refused(b, "reading Alice's catalog", &format!("open({}, 'rb').read(16)", py(&a.alice_root.join("catalog.sqlite"))), NO_FILE);
+        refused(b, "listing Alice's data", &format!("__import__('os').listdir({})", py(&a.alice_root.join("data"))), NO_FILE);
+        refused(b, "attaching Alice's lake", &format!("duckdb.sql(\"ATTACH 'ducklake:sqlite:{}' AS a (READ_ONLY)\")", a.alice_root.join("catalog.sqlite").display()), &["Error~unable to open database file"]);
+    }
+    nothing_of_other_accounts_or_the_daemon_is_mounted: |b| {
+        // Host paths may simply not exist inside a container: the mount
+        // table says what the session can see at all. Its own lake is
+        // there (so the check can see mounts), nothing else of the home.
+        let a = attack_on(b);
+        let mounts = attempt(b, "open('/proc/self/mountinfo').read()").unwrap();
+        let own = a.mallory_root.file_name().unwrap().to_str().unwrap();
+        let alice = a.alice_root.file_name().unwrap().to_str().unwrap();
+        assert!(mounts.contains(own), "{b}: its own account is not in the mount table: {mounts}");
+        for (what, needle) in [("Alice's account", alice), ("the metadata database", "metadata.db"), ("the configuration", "config.yaml")] {
+            assert!(!mounts.contains(needle), "{b}: {what} is mounted in the session: {mounts}");
+        }
+        // Of the sessions' run directory, only files of its own session
+        // (hosts, home, token): one session id, never the directory itself.
+        let sessions: std::collections::BTreeSet<&str> = mounts
+            .split("\\n")
+            .filter_map(|line| line.split_whitespace().nth(3))
+            .filter_map(|source| source.split_once("/run/notebooks/sessions").map(|(_, rest)| rest))
+            .map(|rest| rest.trim_start_matches('/').split('/').next().unwrap_or_default())
+            .collect();
+        assert!(sessions.len() == 1 && !sessions.contains(""), "{b}: sessions' files mounted: {sessions:?}");
     }
     cannot_write_another_accounts_directory: |b| {
         let a = attack_on(b);
-        refused(b, "writing into Alice's directory", &format!("open({}, 'w').write('x')", py(&a.alice_root.join("wal").join("evil"))));
+        assert!(a.alice_root.join("wal").is_dir());
+        refused(b, "writing into Alice's directory", &format!("open({}, 'w').write('x')", py(&a.alice_root.join("wal").join("evil"))), NO_WRITE);
         assert!(!a.alice_root.join("wal").join("evil").exists());
     }
     cannot_write_its_own_lake: |b| {
-        refused(b, "writing its own lake", "open('/lake/data/evil', 'w') if __import__('os').path.isdir('/lake') else open(__import__('os').environ['DUCKPOND_DATA_PATH'] + 'evil', 'w')");
+        let a = attack_on(b);
+        refused(b, "writing its own lake", "open('/lake/data/evil', 'w') if __import__('os').path.isdir('/lake') else open(__import__('os').environ['DUCKPOND_DATA_PATH'] + 'evil', 'w')", NO_WRITE);
+        assert!(!a.mallory_root.join("data").join("evil").exists());
     }
     cannot_read_the_metadata_database_or_configuration: |b| {
         let a = attack_on(b);
-        refused(b, "reading the metadata database", &format!("open({}, 'rb').read(16)", py(&a.shared.env.path().join("metadata.db"))));
-        refused(b, "reading the configuration", &format!("open({}).read()", py(&a.shared.env.path().join("config.yaml"))));
+        assert!(a.shared.env.path().join("metadata.db").is_file() && a.shared.env.path().join("config.yaml").is_file());
+        refused(b, "reading the metadata database", &format!("open({}, 'rb').read(16)", py(&a.shared.env.path().join("metadata.db"))), NO_FILE);
+        refused(b, "reading the configuration", &format!("open({}).read()", py(&a.shared.env.path().join("config.yaml"))), NO_FILE);
     }
     cannot_read_the_daemons_memory_or_environment: |b| {
         let a = attack_on(b);
         let pid = a.shared.server.pid();
-        refused(b, "reading the daemon's environment", &format!("open('/proc/{pid}/environ', 'rb').read()"));
-        refused(b, "reading the daemon's memory map", &format!("open('/proc/{pid}/maps').read()"));
+        refused(b, "reading the daemon's environment", &format!("open('/proc/{pid}/environ', 'rb').read()"), NO_FILE);
+        refused(b, "reading the daemon's memory map", &format!("open('/proc/{pid}/maps').read()"), NO_FILE);
         // Nothing of the daemon is even visible.
         let out = attempt(b, "sorted(p for p in __import__('os').listdir('/proc') if p.isdigit())").unwrap();
         assert!(!out.contains(&format!("'{pid}'")), "{b}: the daemon's pid is visible: {out}");
@@ -594,21 +658,82 @@ attacks! {
     cannot_read_other_sessions_files: |b| {
         let a = attack_on(b);
         let run = a.shared.env.path().join("data").join("run").join("notebooks").join("sessions");
-        refused(b, "listing the sessions' run directory", &format!("__import__('os').listdir({})", py(&run)));
+        if b == "process" {
+            assert!(run.is_dir(), "the process backend keeps its sessions in {}", run.display());
+        }
+        refused(b, "listing the sessions' run directory", &format!("__import__('os').listdir({})", py(&run)), NO_FILE);
     }
     cannot_connect_to_postgresql: |b| {
-        refused(b, "connecting to PostgreSQL", "__import__('socket').create_connection(('127.0.0.1', 5432), timeout=2)");
+        // The suite's PostgreSQL listens on the host (checked first).
+        let url = std::env::var("DUCKPOND_TEST_POSTGRES_URL").unwrap_or_default();
+        let port: u16 = url.rsplit(':').next().and_then(|r| r.split('/').next()).and_then(|p| p.parse().ok()).unwrap_or(5432);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "PostgreSQL is not listening on {port}");
+        refused(b, "connecting to PostgreSQL", &format!("__import__('socket').create_connection(('127.0.0.1', {port}), timeout=2)"), NO_SERVICE);
     }
     cannot_connect_to_the_api: |b| {
         let a = attack_on(b);
         let port: u16 = a.shared.server.url.rsplit(':').next().unwrap().parse().unwrap();
-        refused(b, "connecting to DuckPond's API", &format!("__import__('socket').create_connection(('127.0.0.1', {port}), timeout=2)"));
+        refused(b, "connecting to DuckPond's API", &format!("__import__('socket').create_connection(('127.0.0.1', {port}), timeout=2)"), NO_SERVICE);
+    }
+    a_read_key_opens_the_notebook_read_only: |b| {
+        let a = attack_on(b);
+        let server = &a.shared.server;
+        let (owner, root) = a.shared.account("viewer");
+        // A notebook whose one cell tries to change its own directory.
+        let content = "import marimo\n\napp = marimo.App()\n\n\n@app.cell\ndef _():\n    try:\n        \
+            open('written-by-view.txt', 'w').close()\n        outcome = 'VIEW-WROTE'\n    except OSError as e:\n        \
+            outcome = f'VIEW-REFUSED-{e.errno}'\n    outcome\n    return\n\n\nif __name__ == \"__main__\":\n    app.run()\n";
+        let v = json_of(post(server, "/api/notebooks", &owner, json!({"name": "report", "content": content})), 201);
+        let id = v["id"].as_str().unwrap().to_string();
+        let reader = json_of(post(server, "/api/account/keys", &owner, json!({"scope": "read"})), 201)["api_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // The editor is refused to a read key, at the start and the proxy.
+        let r = post(server, &format!("/api/notebooks/{id}/start?mode=edit"), &reader, json!({}));
+        assert!(error_of(r, 403, "forbidden").contains("mode=view"));
+        error_of(server.get(&format!("/notebooks/{id}/"), Some(&reader)), 403, "forbidden");
+        // Its own mode is the read-only view.
+        let v = start(server, &reader, &id);
+        assert_eq!((&v["state"], &v["mode"]), (&json!("ready"), &json!("view")), "{v}");
+        assert_eq!(v["url"], format!("/notebooks/view/{id}/"));
+        let page = server.get(&format!("/notebooks/view/{id}/"), Some(&reader));
+        assert_eq!(page.status(), 200);
+        // marimo's page names the notebook's file: never a server path.
+        let home = a.shared.env.path().display().to_string();
+        assert!(!page.text().unwrap().contains(&home), "{b}: the view page names a server path");
+        // marimo run executes the app for a connected client; the cell's
+        // output says what its write did.
+        let ws_url = format!("{}/notebooks/view/{id}/ws?session_id=view-{b}", server.url.replace("http://", "ws://"));
+        let mut req = ws_url.into_client_request().unwrap();
+        req.headers_mut().insert("X-API-Key", reader.parse().unwrap());
+        let (mut ws, res) = tungstenite::connect(req).expect("websocket through the proxy");
+        assert_eq!(res.status(), 101);
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_mut() {
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let outcome = loop {
+            assert!(Instant::now() < deadline, "{b}: the view never showed the cell's output");
+            if let Ok(tungstenite::Message::Text(t)) = ws.read() {
+                if let Some(i) = t.as_str().find("VIEW-") {
+                    break t.as_str()[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>();
+                }
+            }
+        };
+        assert_eq!(outcome, "VIEW-REFUSED-30", "{b}: the view session could write its notebook's directory");
+        assert!(!root.join("notebooks").join(&id).join("written-by-view.txt").exists());
+        drop(ws);
+        let r = post(server, &format!("/api/notebooks/{id}/stop"), &reader, json!({}));
+        assert_eq!(json_of(r, 200)["mode"], "view");
     }
     cannot_connect_to_other_sessions_ports: |b| {
-        // Another session's port on the host (the next one of the range).
-        let port = if b == "process" { 20_111 } else { 20_121 };
-        refused(b, "connecting to another session's port", &format!("__import__('socket').create_connection(('127.0.0.1', {port}), timeout=2)"));
-        refused(b, "connecting to the host's addresses", "__import__('socket').create_connection(('10.0.0.1', 80), timeout=2)");
+        // Alice's session answers on its host port (checked first).
+        let port = attack_on(b).neighbour_port;
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "the neighbour's session is not listening");
+        refused(b, "connecting to another session's port", &format!("__import__('socket').create_connection(('127.0.0.1', {port}), timeout=2)"), NO_SERVICE);
+        // No route out at all (the host has one: it would time out there).
+        refused(b, "connecting to the host's addresses", "__import__('socket').create_connection(('10.0.0.1', 80), timeout=2)", &["OSError:101"]);
     }
 }
 

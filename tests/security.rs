@@ -879,6 +879,12 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Acknowledged writes whose flush meets the full disk: a SQLite
+    // catalog whose write failed must recover before anyone reads it,
+    // which needs space (the disk reserve gives it).
+    for i in 10..20 {
+        assert_eq!(post_csv(format!("i\n{i}\n")).status(), 202);
+    }
     let filler = fs.fill();
     let home = env.path().display().to_string();
     let expect_507 = |what: &str, r: reqwest::blocking::Response| {
@@ -905,16 +911,32 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
     for _ in 0..5 {
         assert_eq!(http.get(server.url("/healthz")).send().unwrap().status(), 200);
     }
-    let r = http
-        .post(server.url("/api/query"))
-        .header("X-API-Key", &key)
-        .json(&json!({"sql": "SELECT 1 AS x"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    // Space returns: everything works again.
+    // The lake itself, flushed on the full disk (once the reserve is let
+    // go: within the watch interval).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http
+            .post(server.url("/api/query"))
+            .header("X-API-Key", &key)
+            .json(&json!({"sql": "SELECT count(*) AS n FROM t WHERE i >= 10"}))
+            .send()
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().unwrap();
+        if status == 200 && v["rows"][0][0] == json!(10) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reads of the lake stopped on the full disk: {status} {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    expect_507("upload with the reserve released", post_csv("i\n3\n".into()));
+    // Space returns: everything works again (within the watch interval).
     std::fs::remove_file(filler).unwrap();
-    assert_eq!(post_csv("i\n4\n".into()).status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post_csv("i\n4\n".into()).status() != 202 {
+        assert!(Instant::now() < deadline, "writes never came back after space returned");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let r =
         http.post(server.url("/api/notebooks")).header("X-API-Key", &key).json(&json!({"name": "n"})).send().unwrap();
     assert_eq!(r.status(), 201);
@@ -928,7 +950,7 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
             .unwrap();
         let status = r.status();
         let v: Value = r.json().unwrap();
-        if status == 200 && v["rows"][0][0] == json!([1, 4]) {
+        if status == 200 && v["rows"][0][0] == json!([1, 4, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]) {
             break;
         }
         assert!(Instant::now() < deadline, "the lake never caught up after space returned: {v}");

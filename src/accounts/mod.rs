@@ -2,6 +2,7 @@
 //! creates and deletes them (CLI and admin API share it).
 
 pub mod browser;
+pub mod headroom;
 pub mod keys;
 pub mod layout;
 pub mod revocation;

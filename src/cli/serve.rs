@@ -98,6 +98,11 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
         notebook_names: Arc::default(),
         auth_throttle: Arc::new(AuthThrottle::new(&config.security)),
         connections: ConnectionLimits::new(&config.security),
+        headroom: {
+            let h = crate::accounts::headroom::Headroom::hold(&config.storage.local_path, config.storage.reserve_bytes);
+            h.watch();
+            h
+        },
     };
     server::serve(state).await?;
     meta.close().await;

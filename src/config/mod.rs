@@ -313,6 +313,10 @@ pub struct StorageConfig {
     /// PostgreSQL database for `catalog_backend: postgres` (libpq string or
     /// postgresql:// URL); each account gets the schema `duckpond_<id>`.
     pub catalog_postgres_url: String,
+    /// Disk space held back in `local_path` and let go when the disk fills,
+    /// so flushes of acknowledged writes and catalog reads can finish;
+    /// writes answer 507 until free space is twice this again. 0: none.
+    pub reserve_bytes: u64,
 }
 
 impl Default for StorageConfig {
@@ -322,6 +326,7 @@ impl Default for StorageConfig {
             local_path: "data".into(),
             catalog_backend: CatalogBackend::Sqlite,
             catalog_postgres_url: String::new(),
+            reserve_bytes: 64 << 20,
         }
     }
 }

@@ -94,3 +94,28 @@ pub async fn record_metrics(req: Request<Body>, next: Next) -> Response {
     telemetry::record_http_request(&method, &route, res.status().as_u16(), start.elapsed());
     res
 }
+
+/// POSTs that only read.
+const READING_POSTS: &[&str] = &["/api/query", "/api/v1/read", "/api/ui/session"];
+
+/// 507 for every write while the disk reserve is released (see
+/// [`crate::accounts::headroom`]). Reads, deletions (how space is freed),
+/// sign-in and the notebook proxy pass.
+pub async fn refuse_writes_without_headroom(
+    axum::extract::State(state): axum::extract::State<crate::server::AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let writes =
+        matches!(*req.method(), axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH);
+    let path = req.uri().path();
+    if writes && state.headroom.writes_refused() && !READING_POSTS.contains(&path) && !path.starts_with("/notebooks/") {
+        return ApiError::InsufficientStorage(
+            "the server's disk is full: writes are refused until space is freed (deleting data is allowed); \
+             nothing was stored"
+                .into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}

@@ -72,6 +72,8 @@ pub struct AppState {
     pub auth_throttle: Arc<crate::security::throttle::AuthThrottle>,
     /// Connection caps (shared by every listener).
     pub connections: Arc<crate::security::connections::ConnectionLimits>,
+    /// The disk reserve: writes are refused while it is released.
+    pub headroom: Arc<crate::accounts::headroom::Headroom>,
 }
 
 impl AppState {
@@ -95,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::refuse_writes_without_headroom))
         .layer(CatchPanicLayer::custom(middleware::panic_response))
         .layer(axum::middleware::from_fn(middleware::json_error_bodies))
         .layer(axum::middleware::from_fn(middleware::record_metrics))

@@ -129,6 +129,9 @@ impl TestEnv {
             }
         }
         c.env("DUCKPOND_HOME", self.path()).env("DUCKPOND_LOG", "warn").stdin(Stdio::null());
+        // A small disk reserve: the default 64 MiB written by every test
+        // daemon would cost the suite gigabytes of writes.
+        c.env("DUCKPOND_STORAGE__RESERVE_BYTES", (4u64 << 20).to_string());
         c
     }
 

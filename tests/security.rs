@@ -399,12 +399,38 @@ fn key_scopes_are_enforced_on_every_door() {
         let msg = error_of(send(&read), 403, "forbidden");
         assert!(msg.contains("write scope"), "{door}: {msg}");
         let ok = send(&write);
-        assert!(ok.status().is_success() || ok.status() == 400, "{door} with a write key: {}", ok.status());
+        assert!(ok.status().is_success(), "{door} with a write key: {}", ok.status());
     }
     // Dataset deletion is a write; notebooks and keys are managed.
     error_of(http.delete(url("/api/datasets/t")).header("X-API-Key", &read).send().unwrap(), 403, "forbidden");
+    let nb = json_of(
+        http.post(url("/api/notebooks"))
+            .header("X-API-Key", &manager)
+            .json(&json!({"name": "managed"}))
+            .send()
+            .unwrap(),
+        201,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for k in [&read, &write] {
         let r = http.post(url("/api/notebooks")).header("X-API-Key", k).json(&json!({"name": "n"})).send().unwrap();
+        error_of(r, 403, "forbidden");
+        let r = http
+            .put(url(&format!("/api/notebooks/{nb}")))
+            .header("X-API-Key", k)
+            .json(&json!({"content": "import marimo\n"}))
+            .send()
+            .unwrap();
+        error_of(r, 403, "forbidden");
+        error_of(
+            http.delete(url(&format!("/api/notebooks/{nb}"))).header("X-API-Key", k).send().unwrap(),
+            403,
+            "forbidden",
+        );
+        let r =
+            http.delete(url(&format!("/api/account/keys/{}", key_id(&manager)))).header("X-API-Key", k).send().unwrap();
         error_of(r, 403, "forbidden");
         error_of(http.get(url("/api/account/keys")).header("X-API-Key", k).send().unwrap(), 403, "forbidden");
         let r = http.post(url("/api/account/keys")).header("X-API-Key", k).json(&json!({})).send().unwrap();
@@ -512,6 +538,46 @@ fn a_revoked_key_stops_an_open_stream_at_its_next_chunk() {
     }
     drained(&manager);
     assert_eq!(rows(&manager, "SELECT count(*) AS n, max(i) AS hi FROM r"), [json!([500, 499])]);
+}
+
+#[test]
+fn a_key_revoked_by_another_process_stops_an_open_stream() {
+    // The CLI works on the metadata database directly: the daemon learns
+    // of it only by looking (security.revocation_check_interval_ms, 200 ms
+    // here), not from its own API.
+    let s = shared();
+    let (manager, _) = s.account("cli-revoked");
+    let out = s.env.ok(&["account", "api-key", "create", "cli-revoked", "--scope", "write"]);
+    let writer = out.split_whitespace().find(|w| w.starts_with("dpk_")).expect("the new key").to_string();
+    assert_eq!(json_of(s.server.get("/api/account", Some(&writer)), 200)["scope"], "write");
+    let batch = |from: i64| {
+        let v: Vec<i64> = (from..from + 500).collect();
+        RecordBatch::try_from_iter(vec![("i", Arc::new(Int64Array::from(v)) as ArrayRef)]).unwrap()
+    };
+    let bytes = arrow_stream(&[batch(0), batch(500)]);
+    let first_len = arrow_stream(&[batch(0)]).len() - 8;
+    let (tx, reply) = streaming_post("/api/stream/arrow/c", &writer, "application/vnd.apache.arrow.stream");
+    tx.send(bytes[..first_len].to_vec()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while json_of(s.server.get("/api/account", Some(&manager)), 200)["usage"]["durable_lsn"] == 0 {
+        assert!(Instant::now() < deadline, "the first batch was never logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.env.ok(&["account", "api-key", "revoke", "cli-revoked", &key_id(&writer)]);
+    // Past the check interval, with margin.
+    std::thread::sleep(Duration::from_millis(800));
+    tx.send(bytes[first_len..].to_vec()).unwrap();
+    drop(tx);
+    match reply.join().unwrap() {
+        Ok(res) => {
+            assert_eq!(res.status(), 401);
+            let v: Value = res.json().unwrap();
+            assert_eq!(v["error"]["details"]["batches_kept"], 1, "{v}");
+        }
+        Err(e) => assert!(e.is_body() || e.is_request(), "{e}"),
+    }
+    drained(&manager);
+    assert_eq!(rows(&manager, "SELECT count(*) AS n, max(i) AS hi FROM c"), [json!([500, 499])]);
 }
 
 #[test]
@@ -623,7 +689,10 @@ fn failed_authentication_is_throttled_per_client_and_per_key() {
     assert_eq!(fresh.get(url("/api/account")).header("X-API-Key", &key).send().unwrap().status(), 200);
     // Failures are logged with the client's address.
     let log = std::fs::read_to_string(s.env.path().join("server-0.log")).unwrap();
-    assert!(log.contains("127.0.0.50") && log.contains("failed authentication"), "no address in the log");
+    assert!(
+        log.lines().any(|l| l.contains("127.0.0.50") && l.contains("failed authentication")),
+        "no failed authentication logged with its address"
+    );
 }
 
 #[test]
@@ -918,12 +987,15 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
         let r = http
             .post(server.url("/api/query"))
             .header("X-API-Key", &key)
-            .json(&json!({"sql": "SELECT count(*) AS n FROM t WHERE i >= 10"}))
+            .json(&json!({"sql": "SELECT count(*) AS n FROM t"}))
             .send()
             .unwrap();
         let status = r.status();
         let v: Value = r.json().unwrap();
-        if status == 200 && v["rows"][0][0] == json!(10) {
+        // Reads answer; how much of the backlog is flushed while the disk
+        // is full is the compactor's business (all of it once space is
+        // back, checked below).
+        if status == 200 && v["rows"][0][0].as_i64().is_some_and(|n| n >= 1) {
             break;
         }
         assert!(Instant::now() < deadline, "reads of the lake stopped on the full disk: {status} {v}");

@@ -142,6 +142,20 @@ mod tests {
         assert!(read_frame(&mut unknown).is_err());
     }
 
+    #[tokio::test]
+    async fn the_daemons_async_reads_agree_with_the_workers_writes() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Kind::Start, b"xyz").unwrap();
+        write_frame(&mut buf, Kind::Failed, b"{}").unwrap();
+        let mut r = &buf[..];
+        assert_eq!(read_frame_async(&mut r).await.unwrap(), Some((Kind::Start, b"xyz".to_vec())));
+        assert_eq!(read_frame_async(&mut r).await.unwrap(), Some((Kind::Failed, b"{}".to_vec())));
+        assert_eq!(read_frame_async(&mut r).await.unwrap(), None);
+        // A worker that died mid-frame: an error, never a clean end.
+        let mut cut = &buf[..7];
+        assert!(read_frame_async(&mut cut).await.is_err());
+    }
+
     #[test]
     fn start_payload_splits_back() {
         let h = StartHeader { snapshot_id: Some(7), as_text: vec![None, Some("TIMETZ".into())] };

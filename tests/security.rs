@@ -501,11 +501,16 @@ fn streaming_post(
     (tx, handle)
 }
 
-#[test]
-fn a_revoked_key_stops_an_open_stream_at_its_next_chunk() {
-    let s = shared();
-    let (manager, _) = s.account("revoked-stream");
-    let writer = new_key(&manager, "write");
+/// An Arrow stream to `table` with `writer`, sent up to the end of its
+/// first batch of two (500 rows each) and logged; returns the sender of
+/// the rest, the rest, and the reply.
+#[allow(clippy::type_complexity)]
+fn stream_first_of_two(
+    manager: &str,
+    writer: &str,
+    table: &str,
+) -> (std::sync::mpsc::Sender<Vec<u8>>, Vec<u8>, std::thread::JoinHandle<reqwest::Result<reqwest::blocking::Response>>)
+{
     let batch = |from: i64| {
         let v: Vec<i64> = (from..from + 500).collect();
         RecordBatch::try_from_iter(vec![("i", Arc::new(Int64Array::from(v)) as ArrayRef)]).unwrap()
@@ -513,20 +518,23 @@ fn a_revoked_key_stops_an_open_stream_at_its_next_chunk() {
     let bytes = arrow_stream(&[batch(0), batch(500)]);
     // Split after the first batch: schema + batch 1, then batch 2 + end.
     let first_len = arrow_stream(&[batch(0)]).len() - 8;
-    let (tx, reply) = streaming_post("/api/stream/arrow/r", &writer, "application/vnd.apache.arrow.stream");
+    let (tx, reply) =
+        streaming_post(&format!("/api/stream/arrow/{table}"), writer, "application/vnd.apache.arrow.stream");
     tx.send(bytes[..first_len].to_vec()).unwrap();
     // The first batch is logged once it is complete (1 KiB records).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while json_of(s.server.get("/api/account", Some(&manager)), 200)["usage"]["durable_lsn"] == 0 {
+    while json_of(shared().server.get("/api/account", Some(manager)), 200)["usage"]["durable_lsn"] == 0 {
         assert!(Instant::now() < deadline, "the first batch was never logged");
         std::thread::sleep(Duration::from_millis(20));
     }
-    revoke(&manager, &writer);
-    tx.send(bytes[first_len..].to_vec()).unwrap();
-    drop(tx);
-    // The daemon answers at the refused chunk and closes the connection;
-    // a client still sending may see only the closed connection (a race of
-    // the client, not of the daemon): then what was stored is the proof.
+    (tx, bytes[first_len..].to_vec(), reply)
+}
+
+/// The reply to a stream refused after its first batch: 401 keeping one
+/// batch, or (a client still sending may see only the closed connection,
+/// a race of the client, not of the daemon) no reply: then what was stored
+/// is the proof, checked by the caller.
+fn refused_after_first_batch(reply: std::thread::JoinHandle<reqwest::Result<reqwest::blocking::Response>>) {
     match reply.join().unwrap() {
         Ok(res) => {
             assert_eq!(res.status(), 401);
@@ -536,6 +544,18 @@ fn a_revoked_key_stops_an_open_stream_at_its_next_chunk() {
         }
         Err(e) => assert!(e.is_body() || e.is_request(), "{e}"),
     }
+}
+
+#[test]
+fn a_revoked_key_stops_an_open_stream_at_its_next_chunk() {
+    let s = shared();
+    let (manager, _) = s.account("revoked-stream");
+    let writer = new_key(&manager, "write");
+    let (tx, rest, reply) = stream_first_of_two(&manager, &writer, "r");
+    revoke(&manager, &writer);
+    tx.send(rest).unwrap();
+    drop(tx);
+    refused_after_first_batch(reply);
     drained(&manager);
     assert_eq!(rows(&manager, "SELECT count(*) AS n, max(i) AS hi FROM r"), [json!([500, 499])]);
 }
@@ -550,32 +570,13 @@ fn a_key_revoked_by_another_process_stops_an_open_stream() {
     let out = s.env.ok(&["account", "api-key", "create", "cli-revoked", "--scope", "write"]);
     let writer = out.split_whitespace().find(|w| w.starts_with("dpk_")).expect("the new key").to_string();
     assert_eq!(json_of(s.server.get("/api/account", Some(&writer)), 200)["scope"], "write");
-    let batch = |from: i64| {
-        let v: Vec<i64> = (from..from + 500).collect();
-        RecordBatch::try_from_iter(vec![("i", Arc::new(Int64Array::from(v)) as ArrayRef)]).unwrap()
-    };
-    let bytes = arrow_stream(&[batch(0), batch(500)]);
-    let first_len = arrow_stream(&[batch(0)]).len() - 8;
-    let (tx, reply) = streaming_post("/api/stream/arrow/c", &writer, "application/vnd.apache.arrow.stream");
-    tx.send(bytes[..first_len].to_vec()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while json_of(s.server.get("/api/account", Some(&manager)), 200)["usage"]["durable_lsn"] == 0 {
-        assert!(Instant::now() < deadline, "the first batch was never logged");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (tx, rest, reply) = stream_first_of_two(&manager, &writer, "c");
     s.env.ok(&["account", "api-key", "revoke", "cli-revoked", &key_id(&writer)]);
     // Past the check interval, with margin.
     std::thread::sleep(Duration::from_millis(800));
-    tx.send(bytes[first_len..].to_vec()).unwrap();
+    tx.send(rest).unwrap();
     drop(tx);
-    match reply.join().unwrap() {
-        Ok(res) => {
-            assert_eq!(res.status(), 401);
-            let v: Value = res.json().unwrap();
-            assert_eq!(v["error"]["details"]["batches_kept"], 1, "{v}");
-        }
-        Err(e) => assert!(e.is_body() || e.is_request(), "{e}"),
-    }
+    refused_after_first_batch(reply);
     drained(&manager);
     assert_eq!(rows(&manager, "SELECT count(*) AS n, max(i) AS hi FROM c"), [json!([500, 499])]);
 }

@@ -502,3 +502,33 @@ fn postgres_catalog_queries() {
     error_of(query(&s, &a, json!({"sql": "SELECT * FROM read_csv('/etc/passwd')"})), 403, "forbidden");
     error_of(query(&s, &a, json!({"sql": "SELECT * FROM postgres_scan('x', 'public', 't')"})), 403, "forbidden");
 }
+
+/// Results cross from the account's query worker as an Arrow IPC stream:
+/// batches without body bytes (every column of Arrow's Null type) and
+/// dictionary batches (ENUM) arrive whole, whatever their number.
+#[test]
+fn results_of_every_shape_cross_the_worker_whole() {
+    let t = setup("");
+    assert_eq!(rows(&t.s, &t.a, "SELECT NULL AS x"), [json!([null])]);
+    let v = json_of(query(&t.s, &t.a, json!({"sql": "SELECT NULL AS x FROM range(5000)"})), 200);
+    assert_eq!(v["row_count"], 5000, "{}", v["columns"]);
+    let sql = "SELECT count(*) AS n, count(*) FILTER (e = 'b') AS b FROM \
+               (SELECT (CASE WHEN i % 3 = 0 THEN 'a' ELSE 'b' END)::ENUM('a', 'b') AS e FROM range(10000) t(i))";
+    assert_eq!(rows(&t.s, &t.a, sql), [json!([10000, 6666])]);
+    // The ENUM column itself, over many batches: every row, in order.
+    let v = json_of(
+        query(
+            &t.s,
+            &t.a,
+            json!({"sql": "SELECT i, (CASE WHEN i % 3 = 0 THEN 'a' ELSE 'b' END)::ENUM('a', 'b') AS e FROM range(10000) t(i) ORDER BY i"}),
+        ),
+        200,
+    );
+    let got = v["rows"].as_array().unwrap();
+    assert_eq!(got.len(), 10000);
+    assert!(
+        got.iter().enumerate().all(|(i, r)| r == &json!([i, if i % 3 == 0 { "a" } else { "b" }])),
+        "{:?}",
+        &got[..5]
+    );
+}

@@ -955,6 +955,8 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
     for i in 10..20 {
         assert_eq!(post_csv(format!("i\n{i}\n")).status(), 202);
     }
+    let reserve = env.path().join("data").join(".headroom");
+    assert!(reserve.is_file(), "no disk reserve was made");
     let filler = fs.fill();
     let home = env.path().display().to_string();
     let expect_507 = |what: &str, r: reqwest::blocking::Response| {
@@ -1002,7 +1004,11 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
         assert!(Instant::now() < deadline, "reads of the lake stopped on the full disk: {status} {v}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    expect_507("upload with the reserve released", post_csv("i\n3\n".into()));
+    // The reserve was let go, and what refuses writes now is the daemon
+    // (the disk has room again: the reserve's).
+    assert!(!reserve.exists(), "the reserve was not released on the full disk");
+    let msg = error_of(post_csv("i\n3\n".into()), 507, "insufficient_storage");
+    assert!(msg.contains("writes are refused until space is freed"), "{msg}");
     // Space returns: everything works again (within the watch interval).
     std::fs::remove_file(filler).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

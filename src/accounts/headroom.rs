@@ -83,15 +83,24 @@ impl Headroom {
         }
     }
 
-    /// Writes the reserve file (real blocks: zeros written, then synced).
+    /// Writes the reserve file (real blocks: random bytes written, then
+    /// synced), or keeps the one there.
     fn make(&self) -> std::io::Result<()> {
         use std::io::Write;
         std::fs::create_dir_all(&self.dir)?;
         let path = self.dir.join(RESERVE_FILE);
+        // Kept from the last run: writing it again would need twice the
+        // space, on the disk that may be nearly full.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == self.bytes) {
+            return Ok(());
+        }
         let tmp = self.dir.join(format!("{RESERVE_FILE}.tmp"));
         let made = (|| {
             let mut f = std::fs::File::create(&tmp)?;
-            let chunk = vec![0u8; 1 << 20];
+            // Not zeros: a compressing file system (ZFS, btrfs) would
+            // store those in nothing.
+            let mut chunk = vec![0u8; 1 << 20];
+            rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut chunk);
             let mut left = self.bytes;
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
@@ -102,7 +111,10 @@ impl Headroom {
             std::fs::rename(&tmp, &path)
         })();
         if made.is_err() {
+            // No room: whatever of a reserve there is goes too, so that its
+            // space serves now.
             let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&path);
         }
         made
     }

@@ -99,8 +99,9 @@ pub async fn record_metrics(req: Request<Body>, next: Next) -> Response {
 const READING_POSTS: &[&str] = &["/api/query", "/api/v1/read", "/api/ui/session"];
 
 /// 507 for every write while the disk reserve is released (see
-/// [`crate::accounts::headroom`]). Reads, deletions (how space is freed),
-/// sign-in and the notebook proxy pass.
+/// [`crate::accounts::headroom`]). Reads, deletions and session stops (how
+/// space is freed), sign-in and the notebook proxy pass (a notebook's own
+/// saves meet the disk as it is: 507 once it is full).
 pub async fn refuse_writes_without_headroom(
     axum::extract::State(state): axum::extract::State<crate::server::AppState>,
     req: Request,
@@ -109,7 +110,14 @@ pub async fn refuse_writes_without_headroom(
     let writes =
         matches!(*req.method(), axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH);
     let path = req.uri().path();
-    if writes && state.headroom.writes_refused() && !READING_POSTS.contains(&path) && !path.starts_with("/notebooks/") {
+    // Stopping a notebook session frees what it holds.
+    let frees = path.starts_with("/api/notebooks/") && path.ends_with("/stop");
+    if writes
+        && state.headroom.writes_refused()
+        && !READING_POSTS.contains(&path)
+        && !path.starts_with("/notebooks/")
+        && !frees
+    {
         return ApiError::InsufficientStorage(
             "the server's disk is full: writes are refused until space is freed (deleting data is allowed); \
              nothing was stored"

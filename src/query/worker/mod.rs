@@ -42,6 +42,9 @@ use crate::accounts::AccountId;
 pub(crate) use serve::Spec;
 use wire::{Kind, Request};
 
+/// Arrow IPC's end-of-stream marker (continuation, zero length).
+const END_OF_STREAM: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
+
 /// How long a worker may take to open its instance and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -55,6 +58,12 @@ struct Worker {
     active: AtomicUsize,
     /// When the last query ended (or it started).
     idle_since: Mutex<Instant>,
+    /// Set before the daemon itself kills it (idle, account deleted,
+    /// replaced): its queries then did nothing wrong.
+    killed_by_daemon: std::sync::atomic::AtomicBool,
+    /// Whether its death was already logged and counted (once per worker,
+    /// however many queries it took down).
+    death_reported: std::sync::atomic::AtomicBool,
 }
 
 impl Worker {
@@ -75,6 +84,7 @@ impl Worker {
     }
 
     fn kill(&self) {
+        self.killed_by_daemon.store(true, Ordering::Release);
         let _ = self.child.lock().expect("worker lock").start_kill();
     }
 }
@@ -111,7 +121,10 @@ impl Workers {
         if slot.lock().await.as_ref().is_some_and(|w| w.alive()) {
             return Ok(());
         }
-        self.connect(account, spec).await.map(drop)
+        let (worker, stream) = self.connect(account, spec).await?;
+        drop(stream);
+        worker.active.fetch_sub(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Starts `request` on the account's worker (starting the worker when
@@ -126,14 +139,14 @@ impl Workers {
         permit: OwnedSemaphorePermit,
     ) -> Result<Running, QueryError> {
         let (worker, stream) = self.connect(account, spec).await?;
-        worker.active.fetch_add(1, Ordering::AcqRel);
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let (cancel_tx, cancel_rx) = oneshot::channel();
         tokio::spawn(relay(worker, stream, request, tx, cancel_rx));
         Ok(Running::new(rx, cancel_tx, permit))
     }
 
-    /// A connection to the account's live worker, started if need be.
+    /// A connection to the account's live worker, started if need be,
+    /// counted in the worker's `active` (the caller gives it back).
     async fn connect(
         &self,
         account: &AccountId,
@@ -141,11 +154,21 @@ impl Workers {
     ) -> Result<(Arc<Worker>, UnixStream), QueryError> {
         let slot = self.slot(account);
         let mut current = slot.lock().await;
-        // Connect under the slot's lock: the idle reaper takes it too, so
-        // it never stops a worker between our check and connect.
+        // Connect and count under the slot's lock: the idle reaper takes
+        // it too, so it never stops a worker a query is about to use.
         if let Some(w) = current.as_ref().filter(|w| w.alive()) {
-            if let Ok(s) = UnixStream::connect(&w.socket).await {
-                return Ok((w.clone(), s));
+            match UnixStream::connect(&w.socket).await {
+                Ok(s) => {
+                    w.active.fetch_add(1, Ordering::AcqRel);
+                    return Ok((w.clone(), s));
+                }
+                // Gone or not listening: replace it. Anything else (out of
+                // descriptors, say) is ours, not the worker's: keep it and
+                // its running queries.
+                Err(e) if !matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                    return Err(QueryError::Unavailable(format!("connecting to the query worker: {e}")));
+                }
+                Err(_) => {}
             }
         }
         if let Some(old) = current.take() {
@@ -156,6 +179,7 @@ impl Workers {
         let s = UnixStream::connect(&w.socket)
             .await
             .map_err(|e| QueryError::Unavailable(format!("connecting to the query worker: {e}")))?;
+        w.active.fetch_add(1, Ordering::AcqRel);
         *current = Some(w.clone());
         Ok((w, s))
     }
@@ -197,6 +221,8 @@ impl Workers {
             socket,
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            killed_by_daemon: std::sync::atomic::AtomicBool::new(false),
+            death_reported: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -263,7 +289,16 @@ async fn relay(
             };
             let messages = match next {
                 Ok(Some((Kind::End, _))) => {
+                    // A batch without body bytes (every column of Arrow's
+                    // Null type) is only decoded once more bytes follow:
+                    // the stream's end marker delivers it.
                     ended = true;
+                    let last = end(&mut decoder);
+                    for m in last {
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
                     break;
                 }
                 Ok(Some((Kind::Failed, p))) => {
@@ -295,9 +330,14 @@ async fn relay(
     if !ended && !cancelled && !tx.is_closed() {
         // The stream ended without End or Failed: the worker died.
         let e = match worker.exit_status().await {
+            Some(_) if worker.killed_by_daemon.load(Ordering::Acquire) => {
+                QueryError::Unavailable("the account's query worker was stopped; retry".into())
+            }
             Some(status) => {
-                metrics::counter!("duckpond_query_worker_crashes_total").increment(1);
-                tracing::warn!(%status, "a query stopped its account's query worker");
+                if !worker.death_reported.swap(true, Ordering::AcqRel) {
+                    metrics::counter!("duckpond_query_worker_crashes_total").increment(1);
+                    tracing::warn!(%status, socket = %worker.socket.display(), "a query stopped its account's query worker");
+                }
                 QueryError::Crashed(describe(status))
             }
             None => QueryError::Unavailable("the query worker closed the connection".into()),
@@ -344,6 +384,13 @@ fn batches(decoder: &mut StreamDecoder, payload: Vec<u8>) -> Vec<Message> {
     out
 }
 
+/// What the decoder still holds at the end of the stream: a batch without
+/// body bytes (every column of Arrow's Null type) is only decoded once more
+/// bytes follow, so the end-of-stream marker is fed to it.
+fn end(decoder: &mut StreamDecoder) -> Vec<Message> {
+    batches(decoder, END_OF_STREAM.to_vec())
+}
+
 /// "killed by SIGSEGV", "exit status 134", ...
 fn describe(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -353,5 +400,38 @@ fn describe(status: std::process::ExitStatus) -> String {
         Some(libc::SIGABRT) => "it aborted (SIGABRT); a stack overflow or a failed assertion, typically".into(),
         Some(sig) => format!("it was killed by signal {sig}"),
         None => format!("it exited with {status}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, NullArray};
+    use arrow::ipc::writer::StreamWriter;
+    use arrow::record_batch::RecordBatch;
+
+    use super::*;
+
+    #[test]
+    fn a_batch_without_body_bytes_arrives_at_the_end() {
+        let batch = RecordBatch::try_from_iter(vec![("x", Arc::new(NullArray::new(3)) as ArrayRef)]).unwrap();
+        let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).unwrap();
+        let schema_ipc = std::mem::take(w.get_mut());
+        w.write(&batch).unwrap();
+        let batch_ipc = std::mem::take(w.get_mut());
+        let mut decoder = StreamDecoder::new();
+        let header = wire::StartHeader { snapshot_id: None, as_text: vec![None] };
+        assert!(matches!(
+            &start(&mut decoder, &wire::start_payload(&header, &schema_ipc))[..],
+            [Message::Start { .. }]
+        ));
+        // The decoder cannot finish a body-less batch from its own bytes...
+        assert!(batches(&mut decoder, batch_ipc).is_empty());
+        // ...the end does.
+        match &end(&mut decoder)[..] {
+            [Message::Batch(b)] => assert_eq!(b.num_rows(), 3),
+            other => panic!("{} messages at the end", other.len()),
+        }
     }
 }

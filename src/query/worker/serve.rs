@@ -65,13 +65,25 @@ pub fn run() -> ExitCode {
     if writeln!(stdout, "ready").and_then(|_| stdout.flush()).is_err() {
         return ExitCode::FAILURE;
     }
+    // The daemon's Ctrl-C and its unit's SIGTERM reach the whole process
+    // group: the worker outlives them so that queries drain with the
+    // daemon, and ends when the daemon does (its stdin closes) or kills it.
+    // SAFETY: setting a signal's disposition to "ignore" has no handler.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+    }
     std::thread::spawn(|| {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         std::process::exit(0);
     });
     let shared = Arc::new(Shared { spec, ext, settings, base: std::sync::Mutex::new(base) });
     for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+        let Ok(stream) = stream else {
+            // Out of descriptors, say: do not spin.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        };
         let shared = shared.clone();
         // DuckDB runs part of each query on the calling thread: it gets
         // the stack every DuckDB thread of the daemon has (main.rs), not
@@ -157,6 +169,11 @@ impl Shared {
                     return false;
                 }
             };
+            if !sent {
+                // The daemon is gone, or a frame could not be written: never
+                // follow a lost frame with End (a truncated result).
+                failed = true;
+            }
             sent
         });
         done.store(true, Ordering::Release);

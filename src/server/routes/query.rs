@@ -139,8 +139,9 @@ fn query_error(e: QueryError) -> ApiError {
             ApiError::NotFound(format!("snapshot {v} does not exist or has expired (see GET /api/datasets/{{name}})"))
         }
         QueryError::Crashed(why) => ApiError::BadRequest(format!(
-            "the query stopped the account's query process: {why}. Nothing else was affected and the next query \
-             starts a new process. A value nested very deeply (JSON text built with repeat(), say) is the usual cause"
+            "this query, or another query of the account running at the same time, stopped the account's query \
+             process: {why}. Nothing else was affected and the next query starts a new process. A value nested \
+             very deeply (JSON text built with repeat(), say) is the usual cause"
         )),
         QueryError::TimedOut => {
             ApiError::RequestTimeout("the query ran past limits.query_timeout_ms and was stopped".into())
@@ -183,7 +184,12 @@ async fn run(
         guard::Refused::NotAllowed(m) => ApiError::Forbidden(m),
     })?;
 
-    state.engines.ready(&auth.account).await.map_err(query_error)?;
+    // A worker that takes long to start counts against the query's time.
+    let deadline = started + Duration::from_millis(limits.query_timeout_ms);
+    tokio::time::timeout(exec::remaining(deadline), state.engines.ready(&auth.account))
+        .await
+        .map_err(|_| query_error(QueryError::TimedOut))?
+        .map_err(query_error)?;
     let quotas = auth.account.overrides.resolve(state.accounts.limits());
     let queue = Duration::from_millis(limits.query_queue_timeout_ms);
     let permit =
@@ -196,7 +202,6 @@ async fn run(
                 retry_after_s: 1,
             }
         })?;
-    let deadline = started + Duration::from_millis(limits.query_timeout_ms);
     // JSON reads one row past the limit to know whether it truncated.
     let max_rows = match format {
         OutputFormat::Json => req.limit.map(|l| l.saturating_add(1)),
@@ -209,7 +214,11 @@ async fn run(
         OutputFormat::Parquet => Carrier::Parquet,
     };
     let request = Request { sql: req.sql, max_rows, carrier, snapshot: req.snapshot };
-    let mut running = state.engines.query(&auth.account, request, permit).await.map_err(query_error)?;
+    let mut running =
+        tokio::time::timeout(exec::remaining(deadline), state.engines.query(&auth.account, request, permit))
+            .await
+            .map_err(|_| query_error(QueryError::TimedOut))?
+            .map_err(query_error)?;
     let (schema, snapshot_id, as_text) = match next(&mut running, deadline).await? {
         Some(Message::Start { schema, snapshot_id, as_text }) => (schema, snapshot_id, as_text),
         Some(Message::Failed(e)) => return Err(query_error(e)),

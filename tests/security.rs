@@ -911,6 +911,20 @@ impl Tmpfs {
         let _ = f.sync_all();
         filler
     }
+
+    /// Takes what space was freed since (the compactor truncating its
+    /// log, say; at most 2 MiB, less than a released 4 MiB reserve), so the
+    /// disk is full again now.
+    fn top_up(filler: &Path) {
+        let mut f = std::fs::OpenOptions::new().append(true).open(filler).unwrap();
+        let block = [0u8; 4096];
+        for _ in 0..512 {
+            if f.write_all(&block).is_err() {
+                break;
+            }
+        }
+        let _ = f.sync_all();
+    }
 }
 
 impl Drop for Tmpfs {
@@ -958,14 +972,24 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
     let reserve = env.path().join("data").join(".headroom");
     assert!(reserve.is_file(), "no disk reserve was made");
     let filler = fs.fill();
+    // Full again before each write below, unless the daemon already let
+    // its reserve go (then its own gate answers, and the reserve's space
+    // must stay free for the lake).
+    let full_again = || {
+        if reserve.exists() {
+            Tmpfs::top_up(&filler);
+        }
+    };
     let home = env.path().display().to_string();
     let expect_507 = |what: &str, r: reqwest::blocking::Response| {
         let msg = error_of(r, 507, "insufficient_storage");
         assert!(!msg.contains(&home) && !msg.contains("/tmp"), "{what}: a server path in {msg:?}");
     };
+    full_again();
     expect_507("upload", post_csv("i\n2\n".into()));
     let many: Vec<i64> = (0..100_000).collect();
     let b = RecordBatch::try_from_iter(vec![("i", Arc::new(Int64Array::from(many)) as ArrayRef)]).unwrap();
+    full_again();
     let r = http
         .post(server.url("/api/stream/arrow/t"))
         .header("X-API-Key", &key)
@@ -974,9 +998,11 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
         .send()
         .unwrap();
     expect_507("arrow stream", r);
+    full_again();
     let r =
         http.post(server.url("/api/notebooks")).header("X-API-Key", &key).json(&json!({"name": "n"})).send().unwrap();
     expect_507("notebook create", r);
+    full_again();
     let r = http.post(server.url("/api/account/keys")).header("X-API-Key", &key).json(&json!({})).send().unwrap();
     expect_507("key create", r);
     // Health and reads keep answering.
@@ -1006,7 +1032,12 @@ fn a_full_disk_answers_507_everywhere_and_recovers() {
     }
     // The reserve was let go, and what refuses writes now is the daemon
     // (the disk has room again: the reserve's).
-    assert!(!reserve.exists(), "the reserve was not released on the full disk");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reserve.exists() {
+        assert!(Instant::now() < deadline, "the reserve was not released on the full disk");
+        full_again();
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let msg = error_of(post_csv("i\n3\n".into()), 507, "insufficient_storage");
     assert!(msg.contains("writes are refused until space is freed"), "{msg}");
     // Space returns: everything works again (within the watch interval).

@@ -46,6 +46,13 @@ pub async fn run(home: &Home, command: ApiCommand) -> anyhow::Result<()> {
     if let Some(admin_key) = config.admin_api_key() {
         crate::security::redact::register_secret(admin_key);
     }
+    // Database passwords travel in connection strings (the catalog's also
+    // to query workers): never in a log line or reply.
+    for url in [&config.database.url, &config.storage.catalog_postgres_url] {
+        if let Some(password) = crate::security::redact::password_of(url) {
+            crate::security::redact::register_secret(password);
+        }
+    }
     crate::server::error::set_private_paths(&[
         &home.dir,
         &config.storage.local_path,

@@ -106,9 +106,15 @@ impl Engines {
     }
 
     /// Starts the account's query worker unless it runs; call before
-    /// taking an admission slot, so that no slot waits on a start.
-    pub async fn ready(&self, account: &Account) -> Result<(), exec::QueryError> {
-        self.workers.ready(&account.id, |socket| self.worker_spec(account, socket)).await
+    /// taking an admission slot, so that no slot waits on a start. The
+    /// start runs in a task of its own: a caller that stops waiting (its
+    /// deadline passed) does not abort it, so a start slower than the
+    /// query timeout still completes for the next query.
+    pub async fn ready(self: &Arc<Self>, account: &Account) -> Result<(), exec::QueryError> {
+        let (me, account) = (self.clone(), account.clone());
+        tokio::spawn(async move { me.workers.ready(&account.id, |socket| me.worker_spec(&account, socket)).await })
+            .await
+            .unwrap_or_else(|e| Err(exec::QueryError::Unavailable(format!("starting the query worker failed: {e}"))))
     }
 
     /// Starts `request` in the account's query worker (see [`worker`]).

@@ -25,6 +25,20 @@ pub fn register_secret(secret: &str) {
 /// and the parameters marimo and other servers carry tokens in.
 const TOKEN_MARKERS: [&str; 6] = ["dpk_", "dps_", "access_token=", "token=", "--token-password ", "Bearer "];
 
+/// The password in a database URL (`postgresql://user:pass@host/db`) or
+/// libpq key/value string (`... password=pass ...`), if it has one.
+pub fn password_of(url: &str) -> Option<&str> {
+    if let (Some(s), Some(at)) = (url.find("://"), url.rfind('@')) {
+        if at > s {
+            return url[s + 3..at].split_once(':').map(|(_, p)| p).filter(|p| !p.is_empty());
+        }
+    }
+    url.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("password="))
+        .map(|p| p.trim_matches('\''))
+        .filter(|p| !p.is_empty())
+}
+
 /// `text` with every secret replaced by `<redacted>`: registered secrets,
 /// DuckPond key- and session-shaped tokens, and the value after
 /// `access_token=`, `token=`, `--token-password` and `Bearer`.
@@ -108,6 +122,16 @@ pub fn scrub(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn passwords_are_found_in_urls_and_libpq_strings() {
+        assert_eq!(password_of("postgresql://u:s3cret@127.0.0.1:5432/db"), Some("s3cret"));
+        assert_eq!(password_of("host=127.0.0.1 user=u password=s3cret dbname=db"), Some("s3cret"));
+        assert_eq!(password_of("postgresql://u@h/db"), None);
+        assert_eq!(password_of("sqlite:///x/metadata.db"), None);
+        assert_eq!(password_of(""), None);
+    }
+
     use super::*;
 
     #[test]

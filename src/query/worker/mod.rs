@@ -207,6 +207,8 @@ impl Workers {
             (Ok(_), why) => {
                 let _ = child.start_kill();
                 let why = why.strip_prefix("error: ").unwrap_or("it exited at start");
+                // DuckDB may echo the catalog's connection string.
+                let why = crate::security::redact::redact_secrets(why);
                 return Err(unavailable(format!("the query worker did not start: {why}")));
             }
             (Err(_), _) => {

@@ -214,11 +214,7 @@ async fn run(
         OutputFormat::Parquet => Carrier::Parquet,
     };
     let request = Request { sql: req.sql, max_rows, carrier, snapshot: req.snapshot };
-    let mut running =
-        tokio::time::timeout(exec::remaining(deadline), state.engines.query(&auth.account, request, permit))
-            .await
-            .map_err(|_| query_error(QueryError::TimedOut))?
-            .map_err(query_error)?;
+    let mut running = state.engines.query(&auth.account, request, permit).await.map_err(query_error)?;
     let (schema, snapshot_id, as_text) = match next(&mut running, deadline).await? {
         Some(Message::Start { schema, snapshot_id, as_text }) => (schema, snapshot_id, as_text),
         Some(Message::Failed(e)) => return Err(query_error(e)),

@@ -345,6 +345,9 @@ pub struct DuckDbConfig {
     /// crash stops only that process) exits after this long without a
     /// query; the next query starts it again (some 100 ms).
     pub query_worker_idle_timeout_ms: u64,
+    /// Longest wait for a query worker to open its instance and listen
+    /// (a query waiting for it gets 503 past this).
+    pub query_worker_start_timeout_ms: u64,
 }
 
 impl DuckDbConfig {
@@ -361,6 +364,7 @@ impl Default for DuckDbConfig {
             memory_limit_mb: 4096,
             threads: 4,
             query_worker_idle_timeout_ms: 300_000,
+            query_worker_start_timeout_ms: 60_000,
         }
     }
 }
@@ -657,8 +661,11 @@ impl Config {
         if self.duckdb.threads == 0 {
             return value("duckdb.threads", "must be at least 1");
         }
-        if self.duckdb.query_worker_idle_timeout_ms == 0 {
-            return value("duckdb.query_worker_idle_timeout_ms", "must be at least 1");
+        if self.duckdb.query_worker_idle_timeout_ms == 0 || self.duckdb.query_worker_start_timeout_ms == 0 {
+            return value(
+                "duckdb.query_worker_idle_timeout_ms",
+                "and query_worker_start_timeout_ms must be at least 1",
+            );
         }
         if self.duckdb.memory_limit_mb < 64 {
             return value("duckdb.memory_limit_mb", "must be at least 64");

@@ -95,13 +95,14 @@ impl Engines {
     /// executable cannot be found.
     pub fn new(config: &Config, extensions: Extensions) -> std::io::Result<Self> {
         let idle = Duration::from_millis(config.duckdb.query_worker_idle_timeout_ms);
+        let start = Duration::from_millis(config.duckdb.query_worker_start_timeout_ms);
         Ok(Self {
             extensions,
             settings: config.duckdb.instance_settings(),
             storage_root: config.storage.local_path.clone(),
             catalogs: CatalogPlacement::from_config(config),
             open: tokio::sync::Mutex::new(HashMap::new()),
-            workers: worker::Workers::new(std::env::current_exe()?, idle)?,
+            workers: worker::Workers::new(std::env::current_exe()?, idle, start)?,
         })
     }
 

@@ -45,9 +45,6 @@ use wire::{Kind, Request};
 /// Arrow IPC's end-of-stream marker (continuation, zero length).
 const END_OF_STREAM: [u8; 8] = [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0];
 
-/// How long a worker may take to open its instance and listen.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// One running worker.
 struct Worker {
     child: Mutex<Child>,
@@ -98,16 +95,18 @@ pub struct Workers {
     dir: tempfile::TempDir,
     next_socket: AtomicU64,
     idle_timeout: Duration,
+    /// How long a worker may take to open its instance and listen.
+    start_timeout: Duration,
     slots: Mutex<HashMap<AccountId, Slot>>,
 }
 
 impl Workers {
     /// A registry whose workers run `exe`; makes the private socket
     /// directory under the system's temporary directory.
-    pub fn new(exe: PathBuf, idle_timeout: Duration) -> std::io::Result<Self> {
+    pub fn new(exe: PathBuf, idle_timeout: Duration, start_timeout: Duration) -> std::io::Result<Self> {
         // tempdir() creates it with mode 0700.
         let dir = tempfile::Builder::new().prefix("duckpond-query-").tempdir()?;
-        Ok(Self { exe, dir, next_socket: AtomicU64::new(0), idle_timeout, slots: Mutex::default() })
+        Ok(Self { exe, dir, next_socket: AtomicU64::new(0), idle_timeout, start_timeout, slots: Mutex::default() })
     }
 
     fn slot(&self, account: &AccountId) -> Slot {
@@ -201,7 +200,7 @@ impl Workers {
         line.push(b'\n');
         stdin.write_all(&line).await.map_err(|e| unavailable(format!("starting a query worker: {e}")))?;
         let mut said = String::new();
-        let read = tokio::time::timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut said)).await;
+        let read = tokio::time::timeout(self.start_timeout, BufReader::new(stdout).read_line(&mut said)).await;
         match (read, said.trim_end()) {
             (Ok(Ok(_)), "ready") => {}
             (Ok(_), why) => {
@@ -213,7 +212,10 @@ impl Workers {
             }
             (Err(_), _) => {
                 let _ = child.start_kill();
-                return Err(unavailable(format!("the query worker did not start within {START_TIMEOUT:?}")));
+                return Err(unavailable(format!(
+                    "the query worker did not start within {:?} (duckdb.query_worker_start_timeout_ms)",
+                    self.start_timeout
+                )));
             }
         }
         metrics::counter!("duckpond_query_workers_started_total").increment(1);

@@ -184,12 +184,17 @@ async fn run(
         guard::Refused::NotAllowed(m) => ApiError::Forbidden(m),
     })?;
 
-    // A worker that takes long to start counts against the query's time.
-    let deadline = started + Duration::from_millis(limits.query_timeout_ms);
-    tokio::time::timeout(exec::remaining(deadline), state.engines.ready(&auth.account))
+    // The worker's start is not the query's time (limits.query_timeout_ms
+    // counts from here on): a short query timeout must not fail every
+    // first query after an idle worker stopped. The wait is bounded on its
+    // own.
+    // Queued behind another request's start, a little more than one start.
+    let ready_within = Duration::from_millis(state.config.duckdb.query_worker_start_timeout_ms) * 3 / 2;
+    tokio::time::timeout(ready_within, state.engines.ready(&auth.account))
         .await
-        .map_err(|_| query_error(QueryError::TimedOut))?
+        .map_err(|_| query_error(QueryError::Unavailable("the account's query worker did not start in time".into())))?
         .map_err(query_error)?;
+    let deadline = Instant::now() + Duration::from_millis(limits.query_timeout_ms);
     let quotas = auth.account.overrides.resolve(state.accounts.limits());
     let queue = Duration::from_millis(limits.query_queue_timeout_ms);
     let permit =

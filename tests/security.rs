@@ -530,6 +530,22 @@ fn stream_first_of_two(
     (tx, bytes[first_len..].to_vec(), reply)
 }
 
+/// Sends the rest of a [`stream_first_of_two`] stream whose key is revoked
+/// by now: the stream is refused there and only its first batch is stored.
+fn send_the_rest_and_expect_one_batch_kept(
+    manager: &str,
+    table: &str,
+    tx: std::sync::mpsc::Sender<Vec<u8>>,
+    rest: Vec<u8>,
+    reply: std::thread::JoinHandle<reqwest::Result<reqwest::blocking::Response>>,
+) {
+    tx.send(rest).unwrap();
+    drop(tx);
+    refused_after_first_batch(reply);
+    drained(manager);
+    assert_eq!(rows(manager, &format!("SELECT count(*) AS n, max(i) AS hi FROM {table}")), [json!([500, 499])]);
+}
+
 /// The reply to a stream refused after its first batch: 401 keeping one
 /// batch, or (a client still sending may see only the closed connection,
 /// a race of the client, not of the daemon) no reply: then what was stored
@@ -553,11 +569,7 @@ fn a_revoked_key_stops_an_open_stream_at_its_next_chunk() {
     let writer = new_key(&manager, "write");
     let (tx, rest, reply) = stream_first_of_two(&manager, &writer, "r");
     revoke(&manager, &writer);
-    tx.send(rest).unwrap();
-    drop(tx);
-    refused_after_first_batch(reply);
-    drained(&manager);
-    assert_eq!(rows(&manager, "SELECT count(*) AS n, max(i) AS hi FROM r"), [json!([500, 499])]);
+    send_the_rest_and_expect_one_batch_kept(&manager, "r", tx, rest, reply);
 }
 
 #[test]
@@ -574,11 +586,7 @@ fn a_key_revoked_by_another_process_stops_an_open_stream() {
     s.env.ok(&["account", "api-key", "revoke", "cli-revoked", &key_id(&writer)]);
     // Past the check interval, with margin.
     std::thread::sleep(Duration::from_millis(800));
-    tx.send(rest).unwrap();
-    drop(tx);
-    refused_after_first_batch(reply);
-    drained(&manager);
-    assert_eq!(rows(&manager, "SELECT count(*) AS n, max(i) AS hi FROM c"), [json!([500, 499])]);
+    send_the_rest_and_expect_one_batch_kept(&manager, "c", tx, rest, reply);
 }
 
 #[test]

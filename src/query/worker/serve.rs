@@ -46,6 +46,11 @@ pub fn run() -> ExitCode {
     let started =
         std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("reading the spec: {e}")).and_then(|_| {
             let spec: Spec = serde_json::from_str(&line).map_err(|e| format!("a malformed spec: {e}"))?;
+            // The catalog's password, if the attach carries one, never
+            // reaches the log (DuckDB may echo the connection string).
+            if let Some(password) = crate::security::redact::password_of(&spec.attach_sql) {
+                crate::security::redact::register_secret(password);
+            }
             let ext = Extensions::locate(&spec.extension_dir).map_err(|e| e.to_string())?;
             let settings = InstanceSettings { memory_limit_mb: spec.memory_limit_mb, threads: spec.threads };
             let base = crate::query::sandboxed(&ext, &settings, &spec.attach_sql, &spec.account_root)
@@ -195,8 +200,12 @@ impl Shared {
                 .map_err(|e| QueryError::Unavailable(format!("opening a connection: {e}")))?,
             Some(v) => {
                 let attach = crate::query::pinned(&self.spec.attach_sql, v);
-                crate::query::sandboxed(&self.ext, &self.settings, &attach, &self.spec.account_root)
-                    .map_err(|_| QueryError::NoSnapshot(v))?
+                crate::query::sandboxed(&self.ext, &self.settings, &attach, &self.spec.account_root).map_err(|e| {
+                    // Most often an expired snapshot; the cause stays in the log.
+                    let error = crate::security::redact::redact_secrets(&e.to_string());
+                    tracing::info!(%error, snapshot = v, "time travel to an unreadable snapshot");
+                    QueryError::NoSnapshot(v)
+                })?
             }
         };
         conn.execute_batch(&format!("USE {LAKE_ALIAS}"))

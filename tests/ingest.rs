@@ -549,6 +549,11 @@ fn kill_dash_nine_loses_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(s);
+    // Uploads killed mid-conversion, or staged and never logged, leave
+    // nothing once the log is applied.
+    for dir in ["incoming", "staged", "scratch"] {
+        assert!(files_in(&a.root.join(dir)).is_empty(), "{dir}/ keeps {:?}", files_in(&a.root.join(dir)));
+    }
     let dup = lake_query(&a.root, "SELECT count(*) FROM (SELECT id FROM events GROUP BY id HAVING count(*) > 1)");
     assert_eq!(dup[0][0], 0, "duplicated rows");
     let ranges: Vec<String> = acked.iter().map(|(lo, hi)| format!("(id >= {lo} AND id < {hi})")).collect();

@@ -209,7 +209,18 @@ fn process_session_runs_a_cell_over_the_proxied_websocket() {
     let ports = (20_010, 20_012);
     let env = env_with(ports, "", "");
     let (account, key) = env.create_account("alice");
-    let server = env.serve();
+    // The daemon gets its secrets from its environment here (the harness
+    // otherwise passes them through config.yaml), plus a canary any
+    // inherited environment would carry.
+    const CANARY: &str = "canary-secret-5f0c2e7d9a";
+    let server = env.serve_with(|c| {
+        c.env("DUCKPOND_SERVER__ADMIN_API_KEY", common::ADMIN_KEY)
+            .env("DUCKPOND_DATABASE__URL", &env.database_url)
+            .env("AWS_SECRET_ACCESS_KEY", CANARY);
+    });
+    let daemon_env = std::fs::read(format!("/proc/{}/environ", server.pid())).unwrap();
+    let daemon_env = String::from_utf8_lossy(&daemon_env);
+    assert!(daemon_env.contains(CANARY) && daemon_env.contains(common::ADMIN_KEY), "the daemon lacks the secrets");
     upload_csv(&server, &key, "sales", "region,amount\neu,1\nus,2\n");
     let id = create_notebook(&server, &key, "analysis");
     start_ready(&server, &key, &id);
@@ -229,8 +240,15 @@ fn process_session_runs_a_cell_over_the_proxied_websocket() {
     let mut kernel = Kernel::open(&server.url, &server.http, &key, &id);
     let out = kernel.eval("duckdb.sql('SELECT sum(amount) * 1000 + 7 FROM sales').fetchone()[0]");
     assert!(out.contains("3007"), "{out}");
-    let env_keys = kernel.eval("sorted(k for k in os.environ if 'ADMIN' in k or 'DATABASE' in k)");
-    assert!(env_keys.contains("[]"), "daemon secrets leaked into the session: {env_keys}");
+    let leaked = kernel.eval(&format!(
+        "sorted(k for k, v in os.environ.items() if k in ('DUCKPOND_SERVER__ADMIN_API_KEY', 'DUCKPOND_DATABASE__URL', \
+         'AWS_SECRET_ACCESS_KEY', 'DUCKPOND_HOME', 'DUCKPOND_STORAGE__RESERVE_BYTES') \
+         or any(s in v for s in ({CANARY:?}, {:?}, {:?})))",
+        common::ADMIN_KEY,
+        env.database_url
+    ));
+    assert!(leaked.contains("[]"), "daemon secrets leaked into the session: {leaked}");
+    assert!(kernel.eval("len(os.environ)").trim_matches(|c: char| !c.is_ascii_digit()).parse::<u32>().unwrap() > 0);
     // The lake is read-only from the notebook.
     kernel.run(&[("write", "duckdb.sql('INSERT INTO sales VALUES (\\'x\\', 9)')")]);
     let out = kernel.output("write");

@@ -14,10 +14,13 @@
 //! - [`tables`]: each table's schema once the log is applied, checked on
 //!   every append so a write that cannot apply never reaches the log;
 //!   columns widen where DuckLake can promote their type.
+//! - [`durable`]: the files a commit names are fsynced (with their
+//!   directories) before it.
 //! - [`maintenance`]: merge small files, expire snapshots past retention,
 //!   delete unreferenced files.
 #![deny(missing_docs)]
 
+pub mod durable;
 mod error;
 pub mod lake;
 pub mod maintenance;

@@ -30,20 +30,30 @@ pub struct MaintenanceOutcome {
 /// expired snapshots) are deleted `cleanup_grace` after DuckLake scheduled
 /// them, so a query that began on an older snapshot finds its files.
 pub fn run(
-    writer: &LakeWriter,
+    writer: &mut LakeWriter,
     retention: Duration,
     cleanup_grace: Duration,
     label: &str,
 ) -> Result<MaintenanceOutcome, LakeError> {
-    let conn = writer.connection();
-    let count = |sql: &str| -> Result<i64, LakeError> {
+    let files_sql = format!("SELECT coalesce(sum(file_count), 0)::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}')");
+    let count = |conn: &duckdb::Connection, sql: &str| -> Result<i64, LakeError> {
         conn.query_row(sql, [], |r| r.get(0)).map_err(LakeError::duckdb("counting"))
     };
-    let files_sql = format!("SELECT coalesce(sum(file_count), 0)::BIGINT FROM ducklake_table_info('{LAKE_ALIAS}')");
-    let files_before = count(&files_sql)?;
+    let files_before = count(writer.connection(), &files_sql)?;
 
-    conn.execute_batch(&format!("CALL ducklake_merge_adjacent_files('{LAKE_ALIAS}')"))
-        .map_err(LakeError::duckdb("merging adjacent files"))?;
+    // The merged files are made durable before the commit that swaps them
+    // in (and schedules the files they replace for deletion).
+    writer.connection().execute_batch("BEGIN TRANSACTION").map_err(LakeError::duckdb("beginning a merge"))?;
+    let merged = writer
+        .connection()
+        .execute_batch(&format!("CALL ducklake_merge_adjacent_files('{LAKE_ALIAS}')"))
+        .map_err(LakeError::duckdb("merging adjacent files"))
+        .and_then(|()| writer.sync_then_commit());
+    if let Err(e) = merged {
+        let _ = writer.connection().execute_batch("ROLLBACK");
+        return Err(e);
+    }
+    let conn = writer.connection();
 
     // Expire by id, not by time: exactly the snapshots older than the
     // retention window and older than the newest snapshot carrying the
@@ -84,7 +94,7 @@ pub fn run(
     }
     let outcome = MaintenanceOutcome {
         snapshots_expired: ids.len() as i64,
-        data_files_removed: files_before - count(&files_sql)?,
+        data_files_removed: files_before - count(conn, &files_sql)?,
         data_files,
     };
     tracing::info!(

@@ -284,8 +284,12 @@ impl AccountCompactor {
         }
     }
 
-    /// Flushes everything durable now. Blocking; serialised with maintenance.
+    /// Flushes everything durable when it is called (not what arrives
+    /// while it runs: under a steady stream of writes, chasing the log's
+    /// end kept the flush loop from ever reaching maintenance). Blocking;
+    /// serialised with maintenance.
     pub fn flush_blocking(&self) -> Result<FlushOutcome, CompactorError> {
+        let target = self.wal.durable_lsn();
         let mut writer = self.writer.lock().expect("writer lock");
         let mut total = FlushOutcome::default();
         loop {
@@ -304,7 +308,7 @@ impl AccountCompactor {
                     total.tables.push(t);
                 }
             }
-            if done || self.wal.durable_lsn() <= Some(self.committed().lsn) {
+            if done || target <= Some(self.committed().lsn) {
                 return Ok(total);
             }
         }
@@ -500,6 +504,12 @@ impl AccountCompactor {
         };
         let json = serde_json::to_vec_pretty(&entry).expect("a quarantine entry serializes");
         std::fs::write(path.with_extension("json"), json).map_err(CompactorError::Quarantine)?;
+        // Durable before the log moves past the record and drops it.
+        crate::durable::sync_file(&path)
+            .and_then(|()| crate::durable::sync_file(&path.with_extension("json")))
+            .and_then(|()| crate::durable::sync_dir(&self.opts.quarantine_dir))
+            .and_then(|()| self.opts.quarantine_dir.parent().map_or(Ok(()), crate::durable::sync_dir))
+            .map_err(CompactorError::Quarantine)?;
         tracing::error!(account = %self.opts.metrics_label, %lsn, table = table.unwrap_or("?"), reason,
             "record can never be applied; quarantined");
         metrics::counter!(m::QUARANTINED_RECORDS_TOTAL, "account" => self.opts.metrics_label.clone()).increment(1);
@@ -517,7 +527,7 @@ impl AccountCompactor {
         let mut writer = self.writer.lock().expect("writer lock");
         let retention = Duration::from_millis(self.opts.snapshot_retention_ms);
         let grace = Duration::from_millis(self.opts.file_cleanup_grace_ms);
-        let res = maintenance::run(&writer, retention, grace, &self.opts.metrics_label);
+        let res = maintenance::run(&mut writer, retention, grace, &self.opts.metrics_label);
         if res.is_err() {
             self.heal(&mut writer);
         }

@@ -19,6 +19,7 @@ use duckdb::Connection;
 use duckpond_schema::{DatasetCommand, LogRecord, TableName};
 use duckpond_wal::Lsn;
 
+use crate::durable::DataFiles;
 use crate::lake::{sql_string, CatalogLocation, Extensions, InstanceSettings, LakeError};
 
 /// Alias of the attached lake in the writer's DuckDB instance.
@@ -95,6 +96,7 @@ pub struct LakeWriter {
     scratch_dir: PathBuf,
     staged_dir: PathBuf,
     location: CatalogLocation,
+    files: DataFiles,
 }
 
 impl LakeWriter {
@@ -127,11 +129,14 @@ impl LakeWriter {
              CALL {LAKE_ALIAS}.set_option('parquet_version', '{PARQUET_VERSION}');"
         ))
         .map_err(LakeError::duckdb("setting the lake's Parquet options"))?;
+        let files = DataFiles::open(&location.data_path)
+            .map_err(|error| LakeError::Io { context: format!("listing {}", location.data_path.display()), error })?;
         Ok(Self {
             conn,
             scratch_dir: scratch_dir.to_path_buf(),
             staged_dir: staged_dir.to_path_buf(),
             location: location.clone(),
+            files,
         })
     }
 
@@ -239,9 +244,9 @@ impl LakeWriter {
         let mut scratch = Vec::new();
         let res = self.apply_in_tx(records, last, isolate, &mut scratch);
         let res = match res {
-            Ok(outcome) => match self.conn.execute_batch("COMMIT") {
+            Ok(outcome) => match self.sync_then_commit() {
                 Ok(()) => Ok(outcome),
-                Err(e) => Err(ApplyError::Lake(LakeError::duckdb("committing a flush")(e))),
+                Err(e) => Err(ApplyError::Lake(e)),
             },
             Err(e) => Err(e),
         };
@@ -258,6 +263,17 @@ impl LakeWriter {
                 .map_err(LakeError::duckdb("reading the new snapshot id"))?,
         );
         Ok(outcome)
+    }
+
+    /// Commits the open transaction once the files it wrote are durable
+    /// (see [`crate::durable`]): the commit names them, and once it is
+    /// made the log behind it may be truncated.
+    pub(crate) fn sync_then_commit(&mut self) -> Result<(), LakeError> {
+        self.files.sync_new().map_err(|error| LakeError::Io {
+            context: format!("syncing new data files below {}", self.location.data_path.display()),
+            error,
+        })?;
+        self.conn.execute_batch("COMMIT").map_err(LakeError::duckdb("committing"))
     }
 
     /// Proves the catalog answers (a read of its snapshot list). Used

@@ -122,6 +122,16 @@ impl AccountLayout {
     }
 }
 
+/// fsyncs an account's new tree: every file and directory below `root`,
+/// and the entries of `accounts/` and the storage root above it.
+pub fn make_durable(root: &Path) -> std::io::Result<()> {
+    duckpond_compactor::durable::sync_tree(root)?;
+    match root.parent().and_then(Path::parent) {
+        Some(storage_root) => duckpond_compactor::durable::sync_dir(storage_root),
+        None => Ok(()),
+    }
+}
+
 /// Total size of the regular files below `dir` (0 if it does not exist).
 /// Symlinks are not followed: they are not the account's bytes.
 pub fn dir_size_bytes(dir: &Path) -> std::io::Result<u64> {

@@ -424,6 +424,19 @@ impl AccountService {
             Ok(()) => Ok(layout::catalog_journal_mode(&catalog, self.catalogs.sqlite_wal()).await?),
             Err(e) => Err(e),
         };
+        // Durable before the account is: its directories, the catalog file
+        // and their entries up to the storage root (SQLite syncs what it
+        // writes later, but not the directory entry of the file it made).
+        let setup = match setup {
+            Ok(()) => {
+                let root = layout.root().to_path_buf();
+                tokio::task::spawn_blocking(move || layout::make_durable(&root))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                    .map_err(|source| AccountError::Io { context: "syncing the account's new files".into(), source })
+            }
+            Err(e) => Err(e),
+        };
         let result = match setup {
             Ok(()) => self.create_key(&account, "initial", Scope::Manage).await,
             Err(e) => Err(e),

@@ -338,6 +338,7 @@ pub fn lake_query(account_root: &Path, sql: &str) -> Vec<serde_json::Value> {
         r#"
 import duckdb, json, os
 c = duckdb.connect(config={{"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}})
+c.execute("SET enable_progress_bar = false")
 for e in ["sqlite_scanner", "ducklake"]:
     c.execute(f"LOAD '{{os.environ['EXT']}}/{{e}}.duckdb_extension'")
 c.execute("ATTACH 'ducklake:sqlite:{root}/catalog.sqlite' AS lake (DATA_PATH '{root}/data/', READ_ONLY)")
@@ -348,7 +349,10 @@ for row in c.execute({sql:?}).fetchall():
         root = account_root.display(),
         sql = sql
     );
-    python(&script).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let out = python(&script);
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON row ({e}): {l:?} in:\n{out}")))
+        .collect()
 }
 
 /// A daemon shared by the tests of one test binary (each test uses its own

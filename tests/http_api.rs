@@ -5,6 +5,7 @@ mod common;
 
 use common::{error_of, json_of, Backend, TestEnv, ADMIN_KEY};
 use reqwest::Method;
+use serde_json::json;
 
 fn health_ready_metrics_openapi(b: Backend) {
     let env = TestEnv::migrated(b);
@@ -285,14 +286,76 @@ fn serve_names_missing_extension(b: Backend) {
 }
 
 /// SIGTERM drains requests, stops every account's compactor after a last
-/// flush, and exits cleanly.
+/// flush, and exits cleanly: an upload still sending its body when the
+/// signal comes is answered 2xx, and every acknowledged row of every
+/// account, none of them flushed before (the flush interval is ten
+/// minutes), is in the lake an independent DuckDB reads after the exit.
 fn sigterm_shuts_down_gracefully(b: Backend) {
+    use std::io::Read;
     let env = TestEnv::migrated(b);
-    env.create_account("acme");
-    env.create_account("globex");
+    env.write_config("compactor:\n  flush_interval_ms: 600000\n  flush_threshold_bytes: 1073741824\n");
+    let accounts: Vec<(std::path::PathBuf, String)> = ["acme", "globex"]
+        .iter()
+        .map(|n| {
+            let (a, key) = env.create_account(n);
+            (env.path().join("data/accounts").join(a["id"].as_str().unwrap()), key)
+        })
+        .collect();
     let s = env.serve();
+    let upload = |key: &str, body: reqwest::blocking::Body| {
+        s.http
+            .post(s.url("/api/datasets/t/upload"))
+            .header("X-API-Key", key)
+            .header("Content-Type", "text/csv")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    for (_, key) in &accounts {
+        let r = upload(key, "id\n1\n2\n".into());
+        assert_eq!(r.status(), 202, "acknowledged, not committed yet");
+    }
+    /// A body sent in pieces, 200 ms apart; says when the first is out.
+    struct Slow {
+        parts: Vec<&'static [u8]>,
+        started: Option<std::sync::mpsc::Sender<()>>,
+    }
+    impl Read for Slow {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.parts.is_empty() {
+                return Ok(0);
+            }
+            if let Some(tx) = self.started.take() {
+                let _ = tx.send(());
+            } else {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            let part = self.parts.remove(0);
+            buf[..part.len()].copy_from_slice(part);
+            Ok(part.len())
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let in_flight = std::thread::scope(|scope| {
+        let key = accounts[0].1.clone();
+        let upload = &upload;
+        let h = scope.spawn(move || {
+            let body = Slow { parts: vec![b"id\n", b"3\n", b"4\n", b"5\n", b"6\n"], started: Some(tx) };
+            upload(&key, reqwest::blocking::Body::new(body)).status().as_u16()
+        });
+        rx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let pid = s.pid();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        h.join().unwrap()
+    });
+    assert_eq!(in_flight, 202, "the request in flight at SIGTERM was not drained");
     let status = s.terminate();
     assert!(status.success(), "{status:?}");
+    for (i, (root, _)) in accounts.iter().enumerate() {
+        let expected = if i == 0 { json!([[6, 21]]) } else { json!([[2, 3]]) };
+        assert_eq!(json!(common::lake_query(root, "SELECT count(*), sum(id) FROM t")), expected, "account {i}");
+    }
 }
 
 both_backends!(

@@ -210,6 +210,21 @@ duckdb.sql("COPY (SELECT 9::BIGINT AS id, 'ida' AS name) TO '{}' (FORMAT parquet
 /// non-comma dialect, dates, timestamps and decimals come out of the lake
 /// the same as DuckDB's own reading of the file, and the staged file is
 /// gone after the commit.
+/// Every row of `table`, as an independent DuckDB reads it from the lake,
+/// equals a row of stock DuckDB's `read_csv` of the uploaded file, and the
+/// other way round (a multiset comparison: EXCEPT ALL both ways).
+fn same_rows_as_read_csv(a: &Acct, table: &str, csv: &Path, rows: i64) {
+    let read = format!("read_csv('{}')", csv.display());
+    let diff = lake_query(
+        &a.root,
+        &format!(
+            "SELECT (SELECT count(*) FROM {table}), (SELECT count(*) FROM (SELECT * FROM {table} EXCEPT ALL SELECT * FROM {read})), \
+             (SELECT count(*) FROM (SELECT * FROM {read} EXCEPT ALL SELECT * FROM {table}))"
+        ),
+    );
+    assert_eq!(diff[0], json!([rows, 0, 0]), "{table}: (rows, only in the lake, only in read_csv)");
+}
+
 #[test]
 fn csv_uploads_land_as_read() {
     let env = TestEnv::migrated(Backend::Sqlite);
@@ -246,6 +261,7 @@ fn csv_uploads_land_as_read() {
     assert_eq!(cols, expected);
     assert_eq!(v["rows"][0][2], json!("o'hara"));
     assert_eq!(v["rows"][1][7].as_f64(), Some(-3.5));
+    same_rows_as_read_csv(&a, "odd", &file, 2);
     let staged: Vec<_> = std::fs::read_dir(a.root.join("staged")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(staged.is_empty(), "staged files left after the commit: {staged:?}");
 }
@@ -300,6 +316,7 @@ fn large_csv_uploads_are_read_in_the_dialect_of_their_head() {
             "SELECT count(*), sum(amount), max(label), count(*) FILTER (label LIKE '%' || chr(10) || '%') FROM {table}"
         ));
         assert_eq!(v["rows"][0], expected[1], "{table}");
+        same_rows_as_read_csv(&a, table, &file, rows as i64);
     }
     assert!(
         files_in(&a.root.join("incoming")).iter().all(|f| f.starts_with('.')),
@@ -639,6 +656,28 @@ fn postgres_catalog_ingest_and_listing() {
     assert!(!d["snapshots"].as_array().unwrap().is_empty(), "{d}");
     let p = json_of(s.get("/api/datasets/events/preview?limit=3", Some(&a.key)), 200);
     assert_eq!(p["rows"].as_array().unwrap().len(), 3);
+    // An independent DuckDB (Python, official postgres_scanner and
+    // ducklake) reads the catalog from PostgreSQL and the files from disk.
+    let id = a.root.file_name().unwrap().to_str().unwrap();
+    let csv = tmp.path().join("people.csv");
+    std::fs::write(&csv, CSV).unwrap();
+    let out = python(&format!(
+        r#"
+import duckdb, json, os
+c = duckdb.connect(config={{"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}})
+for e in ["postgres_scanner", "ducklake"]:
+    c.execute(f"LOAD '{{os.environ['EXT']}}/{{e}}.duckdb_extension'")
+c.execute("ATTACH 'ducklake:postgres:{url}' AS lake (DATA_PATH '{root}/data/', METADATA_SCHEMA 'duckpond_{id}', READ_ONLY)")
+print(json.dumps([
+    c.execute("SELECT count(*), count(*) FILTER (name <> 'n' || id OR v <> id / 2), min(id), max(id) FROM lake.events").fetchone(),
+    c.execute("SELECT count(*) FROM (SELECT * FROM lake.people EXCEPT ALL SELECT * FROM read_csv('{csv}'))").fetchone(),
+    c.execute("SELECT count(*) FROM lake.people").fetchone(),
+]))
+"#,
+        root = a.root.display(),
+        csv = csv.display()
+    ));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(out.trim()).unwrap(), json!([[1000, 0, 0, 999], [0], [3]]));
 }
 
 /// The journal mode of an SQLite file, as SQLite itself reports it.

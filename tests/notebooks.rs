@@ -375,10 +375,18 @@ fn one_account_cannot_reach_another_accounts_session() {
         .send()
         .unwrap();
     assert!(!res.status().is_success(), "marimo accepted bob's DuckPond key: {}", res.status());
-    // The token is not on marimo's command line (it came on stdin).
-    for pid in marimo_pids(&id) {
-        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        assert!(!cmdline.contains("--token-password\0"), "token on the command line: {cmdline:?}");
+    // The token is not on marimo's command line (it came on stdin), in
+    // either spelling (`--token-password TOKEN`, `--token-password=TOKEN`).
+    let pids = marimo_pids(&id);
+    assert!(!pids.is_empty(), "no marimo process to look at");
+    for pid in pids {
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<&str> = cmdline.split('\0').collect();
+        assert!(
+            !args.iter().any(|a| *a == "--token-password" || a.starts_with("--token-password=")),
+            "token on the command line: {cmdline:?}"
+        );
+        assert!(args.iter().any(|a| a.contains("marimo")), "not marimo: {cmdline:?}");
     }
     // Deleting bob's account does not touch alice's session.
     let res = server.admin(reqwest::Method::DELETE, "/api/admin/accounts/bob").send().unwrap();
@@ -450,7 +458,10 @@ fn containers_of(id: &str) -> Vec<String> {
 
 #[test]
 fn docker_session_is_limited_isolated_and_removed() {
-    let env = docker_env((20_080, 20_081), "  memory_limit_mb: 700\n  health_check_interval_seconds: 1\n");
+    let env = docker_env(
+        (20_080, 20_081),
+        "  memory_limit_mb: 700\n  health_check_interval_seconds: 1\n  pids_limit: 123\n  cpu_limit: 0.75\n  shm_size_mb: 48\n",
+    );
     let (account, key) = env.create_account("alice");
     let server = env.serve();
     upload_csv(&server, &key, "sales", "region,amount\neu,1\nus,2\n");
@@ -464,10 +475,24 @@ fn docker_session_is_limited_isolated_and_removed() {
     assert_eq!(c["HostConfig"]["Memory"], 700 * 1024 * 1024);
     assert_eq!(c["HostConfig"]["ReadonlyRootfs"], true);
     assert_eq!(c["HostConfig"]["NetworkMode"], "none");
-    assert!(c["HostConfig"]["PidsLimit"].as_i64().unwrap() > 0);
-    assert!(c["HostConfig"]["CpuQuota"].as_i64().unwrap() > 0);
+    // Each limit the README promises, at its configured value.
+    let host = &c["HostConfig"];
+    assert_eq!(host["PidsLimit"], 123);
+    assert_eq!(host["CpuQuota"].as_i64().unwrap() * 100 / host["CpuPeriod"].as_i64().unwrap(), 75, "{host}");
+    assert_eq!(host["MemorySwap"], host["Memory"], "swap allowed");
+    assert_eq!(host["ShmSize"], 48 * 1024 * 1024);
+    assert_eq!(host["CapDrop"], json!(["ALL"]));
+    assert!(host["CapAdd"].is_null() || host["CapAdd"] == json!([]), "{}", host["CapAdd"]);
+    assert_eq!(host["SecurityOpt"], json!(["no-new-privileges"]));
+    assert!(host["Tmpfs"]["/tmp"].is_string(), "no tmpfs /tmp: {}", host["Tmpfs"]);
+    assert_eq!(host["Privileged"], false);
     assert!(c["Config"]["User"].as_str().unwrap() != "", "runs as root");
-    assert!(!c["Config"]["Cmd"].to_string().contains("--token-password\""), "token on the command line");
+    let cmd: Vec<String> = serde_json::from_value(c["Config"]["Cmd"].clone()).unwrap();
+    assert!(!cmd.is_empty());
+    assert!(
+        !cmd.iter().any(|a| a == "--token-password" || a.starts_with("--token-password=")),
+        "token on the command line: {cmd:?}"
+    );
     let binds = c["HostConfig"]["Binds"].to_string();
     assert!(binds.contains(":/lake:ro"), "{binds}");
 
@@ -480,6 +505,15 @@ fn docker_session_is_limited_isolated_and_removed() {
     assert_eq!(kernel.output("w1")["channel"], "marimo-error");
     kernel.run(&[("w2", "open('/opt/nb/evil', 'w')")]);
     assert_eq!(kernel.output("w2")["channel"], "marimo-error");
+    // As the kernel itself sees it: no capabilities, no new privileges,
+    // /tmp a tmpfs, /dev/shm of the configured size.
+    let status = kernel.eval("[l for l in open('/proc/self/status').read().splitlines() if l.startswith(('CapEff', 'CapBnd', 'NoNewPrivs'))]");
+    for want in ["CapEff:\\t0000000000000000", "CapBnd:\\t0000000000000000", "NoNewPrivs:\\t1"] {
+        assert!(status.contains(want), "{want} not in {status}");
+    }
+    let mounts = kernel.eval("[l for l in open('/proc/self/mounts').read().splitlines() if l.split()[1] in ('/tmp', '/dev/shm')]");
+    assert!(mounts.contains("tmpfs /tmp tmpfs"), "{mounts}");
+    assert!(mounts.contains("/dev/shm") && mounts.contains("size=49152k"), "{mounts}");
     // Past its memory cap the session fails with a reason; the container goes.
     kernel.run(&[("hog", "_hog = b'x' * (2 * 1024 * 1024 * 1024)")]);
     let v = wait_session(&server, &key, &id, Duration::from_secs(60), |v| v["state"] == "failed");

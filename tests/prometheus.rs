@@ -286,6 +286,8 @@ impl Drop for Prom {
     }
 }
 
+/// A loopback port nobody listened on a moment ago. Another process can
+/// take it before Prometheus binds it: [`start_prometheus`] retries then.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -334,31 +336,93 @@ fn real_prometheus_remote_write_matches_its_own_answers() {
         );
         if n[0][0] == 1 {
             let c = query(&s, &key, &format!("SELECT count(*) FROM prometheus_samples WHERE metric_name = '{metric}'"));
-            if c[0][0].as_i64().unwrap_or(0) >= 5 {
+            if c[0][0].as_i64().unwrap_or(0) >= 8 {
                 break;
             }
         }
         assert!(Instant::now() < deadline, "no samples from Prometheus arrived");
     }
-    let ours = query(
+    // Every (timestamp, value) pair of the range selector `[5m]` at one
+    // instant T, for every series of several metrics (gauges, counters, a
+    // summary's quantiles): ours (up to T) must equal Prometheus's own
+    // answer. T is the newest instant every series has reached here; the
+    // pause after it lets remote write deliver anything older.
+    let metrics = [
+        metric,
+        "process_cpu_seconds_total",
+        "prometheus_http_requests_total",
+        "go_gc_duration_seconds",
+        "go_memstats_alloc_bytes",
+        "prometheus_sd_discovered_targets",
+    ];
+    let names = metrics.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", ");
+    let t = query(
         &s,
         &key,
         &format!(
-            "SELECT epoch_ms(\"timestamp\"), value, labels['instance'] FROM prometheus_samples \
-         WHERE metric_name = '{metric}' ORDER BY 1 LIMIT 5"
+            "SELECT min(newest) FROM (SELECT max(epoch_ms(\"timestamp\")) AS newest FROM prometheus_samples \
+             WHERE metric_name IN ({names}) GROUP BY metric_name, to_json(labels)::VARCHAR)"
         ),
-    );
-    for row in ours {
-        let (ts_ms, value) = (row[0].as_i64().unwrap(), row[1].as_f64().unwrap());
-        let url =
-            format!("{}/api/v1/query?query={metric}{{job=%22prometheus%22}}&time={}", prom.url, ts_ms as f64 / 1000.0);
-        let v: Value = http.get(&url).send().unwrap().json().unwrap();
-        let result = &v["data"]["result"][0]["value"];
-        assert_eq!(result[0].as_f64().unwrap(), ts_ms as f64 / 1000.0, "{v}");
-        let theirs: f64 = result[1].as_str().unwrap().parse().unwrap();
-        assert_eq!(theirs, value, "at {ts_ms}: {v}");
-        assert!(row[2].as_str().unwrap().starts_with("127.0.0.1:"), "{row}");
+    )[0][0]
+        .as_i64()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    type Series = std::collections::BTreeMap<String, String>;
+    let mut ours: std::collections::BTreeMap<Series, Vec<(i64, String)>> = Default::default();
+    for row in query(
+        &s,
+        &key,
+        &format!(
+            "SELECT metric_name, to_json(labels)::VARCHAR, epoch_ms(\"timestamp\"), value::VARCHAR FROM prometheus_samples \
+             WHERE metric_name IN ({names}) AND epoch_ms(\"timestamp\") > {t} - 300000 AND epoch_ms(\"timestamp\") <= {t} \
+             ORDER BY 1, 2, 3"
+        ),
+    ) {
+        let mut labels: Series = serde_json::from_str(row[1].as_str().unwrap()).unwrap();
+        labels.insert("__name__".into(), row[0].as_str().unwrap().into());
+        // DuckDB prints a double's shortest exact form; parse both sides.
+        ours.entry(labels).or_default().push((row[2].as_i64().unwrap(), row[3].as_str().unwrap().to_string()));
     }
+    let selector = format!("{{__name__=~\"{}\"}}[5m]", metrics.join("|"));
+    let v: Value = http
+        .get(format!("{}/api/v1/query", prom.url))
+        .query(&[("query", selector.as_str()), ("time", &format!("{}", t as f64 / 1000.0))])
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["status"], "success", "{v}");
+    let mut theirs: std::collections::BTreeMap<Series, Vec<(i64, String)>> = Default::default();
+    for series in v["data"]["result"].as_array().unwrap() {
+        let labels: Series = serde_json::from_value(series["metric"].clone()).unwrap();
+        let values = series["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| ((p[0].as_f64().unwrap() * 1000.0).round() as i64, p[1].as_str().unwrap().to_string()))
+            .collect();
+        theirs.insert(labels, values);
+    }
+    let same = |a: &str, b: &str| {
+        let (x, y): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+        x == y || (x.is_nan() && y.is_nan())
+    };
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "the series differ");
+    for (labels, mine) in &ours {
+        let other = &theirs[labels];
+        assert_eq!(mine.len(), other.len(), "{labels:?}: {mine:?} vs {other:?}");
+        for ((t1, v1), (t2, v2)) in mine.iter().zip(other) {
+            assert!(t1 == t2 && same(v1, v2), "{labels:?}: ours ({t1}, {v1}), Prometheus's ({t2}, {v2})");
+        }
+    }
+    let samples: usize = ours.values().map(Vec::len).sum();
+    let counters = ours.keys().filter(|l| l["__name__"].ends_with("_total")).count();
+    assert!(
+        ours.len() >= 10 && samples >= 50 && counters >= 2,
+        "{} series, {samples} samples, {counters} counters",
+        ours.len()
+    );
+    assert!(ours.keys().all(|l| l["instance"].starts_with("127.0.0.1:")));
 }
 
 fn remote_read(s: &Server, key: &str, req: &prompb::ReadRequest) -> reqwest::blocking::Response {

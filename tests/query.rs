@@ -395,12 +395,38 @@ fn attack_other_accounts_catalog_by_name() {
 #[test]
 fn attack_install_and_load() {
     let t = setup("");
-    denied(&t, "INSTALL httpfs");
-    denied(&t, "LOAD httpfs");
-    denied(&t, "FORCE INSTALL httpfs FROM core_nightly");
-    // Nothing was loaded: httpfs's functions do not exist.
-    let msg = error_of(query(&t.s, &t.a, json!({"sql": "SELECT * FROM read_csv('s3://b/x.csv')"})), 403, "forbidden");
-    assert!(!msg.is_empty());
+    // What an extension adds: functions and settings (duckdb_extensions()
+    // itself touches the file system, which the sandbox refuses).
+    let state = "SELECT (SELECT count(DISTINCT function_name) FROM duckdb_functions()), \
+                 (SELECT count(*) FROM duckdb_settings())";
+    let before = rows(&t.s, &t.a, state);
+    let ext_dir = common::extension_dir();
+    let files = || -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![ext_dir.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path())
+                } else {
+                    out.push(e.path())
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let files_before = files();
+    for sql in
+        ["INSTALL httpfs", "LOAD httpfs", "FORCE INSTALL httpfs FROM core_nightly", "LOAD '/tmp/x.duckdb_extension'"]
+    {
+        let msg = denied(&t, sql);
+        assert!(msg.contains("would change something"), "{sql}: {msg}");
+    }
+    // Nothing was installed or loaded: the engine's functions and settings
+    // and the extension directory are as they were.
+    assert_eq!(rows(&t.s, &t.a, state), before);
+    assert_eq!(files(), files_before);
 }
 
 #[test]
@@ -473,19 +499,43 @@ fn attack_environment_and_other_databases() {
 #[test]
 fn allowed_reads_still_work() {
     let t = setup("");
-    for sql in [
-        "DESCRIBE sales",
-        "SHOW TABLES",
-        "SUMMARIZE sales",
-        "EXPLAIN SELECT * FROM sales",
-        "PIVOT sales ON region IN ('eu', 'us') USING sum(amount)",
-        "SELECT * FROM sales PIVOT (sum(amount) FOR region IN ('eu', 'us'))",
-        "WITH x AS (SELECT * FROM sales) SELECT count(*) FROM x",
-        "FROM sales SELECT id",
-        "SELECT * FROM ducklake_table_info('lake')",
-    ] {
-        json_of(query(&t.s, &t.a, json!({"sql": sql})), 200);
-    }
+    let first = |sql: &str, n: usize| -> Vec<Value> {
+        rows(&t.s, &t.a, sql)
+            .iter()
+            .map(|r| Value::Array(r.as_array().unwrap().iter().take(n).cloned().collect()))
+            .collect()
+    };
+    assert_eq!(
+        first("DESCRIBE sales", 2),
+        [json!(["id", "BIGINT"]), json!(["amount", "DOUBLE"]), json!(["region", "VARCHAR"])]
+    );
+    assert_eq!(first("SHOW TABLES", 1), [json!(["sales"])]);
+    let summary = rows(&t.s, &t.a, "SELECT column_name, min, max, count FROM (SUMMARIZE sales) ORDER BY 1");
+    assert_eq!(
+        summary,
+        [json!(["amount", "10.5", "30.0", 3]), json!(["id", "1", "3", 3]), json!(["region", "eu", "us", 3])]
+    );
+    let plan = rows(&t.s, &t.a, "EXPLAIN SELECT * FROM sales");
+    assert!(plan.iter().any(|r| r.to_string().contains("sales")), "{plan:?}");
+    let pivoted = json!([[40.5, 20.25]]);
+    assert_eq!(
+        rows(&t.s, &t.a, "PIVOT (SELECT region, amount FROM sales) ON region IN ('eu', 'us') USING sum(amount)"),
+        pivoted.as_array().unwrap().clone()
+    );
+    assert_eq!(
+        rows(
+            &t.s,
+            &t.a,
+            "SELECT eu, us FROM (SELECT region, amount FROM sales) PIVOT (sum(amount) FOR region IN ('eu', 'us'))"
+        ),
+        pivoted.as_array().unwrap().clone()
+    );
+    assert_eq!(rows(&t.s, &t.a, "WITH x AS (SELECT * FROM sales) SELECT count(*) FROM x"), [json!([3])]);
+    assert_eq!(rows(&t.s, &t.a, "FROM sales SELECT id ORDER BY id"), [json!([1]), json!([2]), json!([3])]);
+    let info = rows(&t.s, &t.a, "SELECT table_name, file_count FROM ducklake_table_info('lake')");
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!(info[0][0], "sales");
+    assert!(info[0][1].as_i64().unwrap() >= 1, "{info:?}");
 }
 
 /// With each account's catalog in PostgreSQL, the sandboxed engine (external

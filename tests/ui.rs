@@ -36,6 +36,9 @@ fn the_ui_works_in_a_real_browser() {
     assert_eq!(index.status(), 200);
     assert!(index.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
     assert!(index.text().unwrap().contains("/assets/app.js"), "the UI is not embedded: run `make ui` and rebuild");
+    // Screenshots of an earlier run must not pass for this one's.
+    let _ = std::fs::remove_dir_all(screenshot_dir());
+    let started = std::time::SystemTime::now();
     let out = Command::new("node")
         .arg(ui_dir().join("e2e/run.mjs"))
         .current_dir(ui_dir())
@@ -52,7 +55,7 @@ fn the_ui_works_in_a_real_browser() {
         for size in ["1280", "phone"] {
             let shot = screenshot_dir().join(format!("{page}-{size}.png"));
             assert!(
-                std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false),
+                std::fs::metadata(&shot).map(|m| m.len() > 1000 && m.modified().unwrap() >= started).unwrap_or(false),
                 "no screenshot {}",
                 shot.display()
             );

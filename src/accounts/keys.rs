@@ -122,7 +122,15 @@ mod tests {
         let (id, secret) = parse(&k.token).expect("parses");
         assert_eq!(id, k.id);
         assert!(secret_matches(secret, &k.secret_sha256));
-        assert!(!secret_matches(&secret.replace('a', "b").replace('0', "1"), &k.secret_sha256));
+        // Every one-character change of the secret is refused (a tamper
+        // that always changes something, whatever the secret holds).
+        for i in 0..secret.len() {
+            let mut tampered = secret.as_bytes().to_vec();
+            tampered[i] = if tampered[i] == b'0' { b'1' } else { b'0' };
+            let tampered = String::from_utf8(tampered).unwrap();
+            assert_ne!(tampered, secret);
+            assert!(!secret_matches(&tampered, &k.secret_sha256), "{tampered}");
+        }
     }
 
     #[test]

@@ -711,3 +711,99 @@ fn sqlite_catalogs_use_wal_journal_mode() {
     assert_eq!(journal_mode(&catalog), "wal");
     assert_eq!(rows_of(&s, &a, "people"), 3);
 }
+
+/// The log's limits through the daemon. `?wait=committed` past
+/// `compactor.commit_wait_timeout_ms` is a 202 with `"committed": false`
+/// (durable, committed later). Past `wal.max_uncompacted_bytes` (nothing
+/// flushes: a ten-minute interval) a stream is refused part-way keeping
+/// exactly the batches logged before (its error says how many), an upload
+/// is a 429 with Retry-After, and remote write is a 503 (Prometheus
+/// retries 5xx, drops 4xx). After a restart that flushes, the lake holds
+/// exactly what was acknowledged.
+#[test]
+fn log_limits_are_202_429_and_503_and_keep_only_what_was_acknowledged() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let limits = "wal:\n  max_uncompacted_bytes: 262144\nlimits:\n  stream_record_target_bytes: 16384\n\
+                  compactor:\n  flush_threshold_bytes: 1073741824\n";
+    env.write_config(&format!("{limits}  flush_interval_ms: 600000\n  commit_wait_timeout_ms: 1\n"));
+    let a = account(&env, "acme");
+    let tmp = tempfile::tempdir().unwrap();
+    let s = env.serve();
+    // A commit takes longer than 1 ms.
+    let r = json_of(upload(&s, &a, "events", "?wait=committed", "text/csv", "id,name,v\n0,n0,0.5\n"), 202);
+    assert_eq!(r["committed"], false, "{r}");
+    // A stream bigger than the backlog: refused part-way, at batch k > 0.
+    let first = 10_000_000i64;
+    let f = arrow_stream_file(tmp.path(), "big.arrows", first, 300, 100);
+    let r = stream(&s, &a, "events", "", std::fs::read(&f).unwrap());
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: serde_json::Value = r.json().unwrap();
+    let kept = v["error"]["details"]["batches_kept"].as_i64().unwrap();
+    assert!(kept > 0 && kept < 300, "{v}");
+    assert_eq!(v["error"]["details"]["rows_kept"].as_i64(), Some(kept * 100), "{v}");
+    // Uploads fill what is left; then one is a 429 with Retry-After.
+    let mut uploaded = 0i64;
+    let r = loop {
+        let lo = 1 + uploaded;
+        let csv: String = std::iter::once("id,name,v\n".to_string())
+            .chain((lo..lo + 500).map(|i| format!("{i},n{i},{}\n", i as f64 / 2.0)))
+            .collect();
+        let r = upload(&s, &a, "events", "", "text/csv", csv);
+        if r.status() != 202 {
+            break r;
+        }
+        uploaded += 500;
+        assert!(uploaded < 1_000_000, "the log never filled");
+    };
+    assert_eq!(r.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"), "{}", r.status());
+    let msg = error_of(r, 429, "too_many_requests");
+    assert!(msg.contains("backlog"), "{msg}");
+    // Another stream keeps nothing.
+    let f = arrow_stream_file(tmp.path(), "s.arrows", 20_000_000, 2, 100);
+    let r = stream(&s, &a, "events", "", std::fs::read(&f).unwrap());
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["error"]["details"]["batches_kept"], 0);
+    // Remote write: 503 with Retry-After, so Prometheus resends.
+    let req = duckpond_schema::prompb::WriteRequest {
+        timeseries: vec![duckpond_schema::prompb::TimeSeries {
+            labels: vec![duckpond_schema::prompb::Label { name: "__name__".into(), value: "m".into() }],
+            samples: vec![duckpond_schema::prompb::Sample { value: 1.0, timestamp: 1_700_000_000_000 }],
+            ..Default::default()
+        }],
+        metadata: vec![],
+    };
+    let body = snap::raw::Encoder::new().compress_vec(&prost::Message::encode_to_vec(&req)).unwrap();
+    let r = s
+        .http
+        .post(s.url("/api/v1/write"))
+        .header("X-API-Key", &a.key)
+        .header("Content-Type", "application/x-protobuf")
+        .header("Content-Encoding", "snappy")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    drop(s);
+
+    // Flushing again: exactly the acknowledged rows, the stream's prefix
+    // among them.
+    env.write_config(&format!("{limits}  flush_interval_ms: 50\n"));
+    let s = env.serve();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let n = 1 + kept * 100 + uploaded;
+    let want = json!([[n, n, first + kept * 100 - 1]]);
+    let q = || -> serde_json::Value {
+        let sql = "SELECT count(*), count(DISTINCT id), max(id) FROM events";
+        let r = s.http.post(s.url("/api/query")).header("X-API-Key", &a.key).json(&json!({"sql": sql})).send().unwrap();
+        if r.status() != 200 {
+            return json!(null);
+        }
+        r.json::<serde_json::Value>().unwrap()["rows"].clone()
+    };
+    while q() != want {
+        assert!(Instant::now() < deadline, "the lake holds {}, not {want}", q());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -807,3 +807,116 @@ fn log_limits_are_202_429_and_503_and_keep_only_what_was_acknowledged() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A batch larger than `wal.max_record_bytes` is a 413 at batch k > 0 and
+/// the stream keeps exactly the k batches logged before it (each batch is
+/// its own record with `limits.stream_record_target_bytes` this small);
+/// a record past `wal.max_inflight_bytes` is a 429. The lake then holds
+/// exactly the kept prefix.
+#[test]
+fn streams_refused_part_way_keep_exactly_their_prefix() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.write_config("wal:\n  max_record_bytes: 65536\nlimits:\n  stream_record_target_bytes: 1024\n");
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let tmp = tempfile::tempdir().unwrap();
+    // Batches 0-2 of 50 rows, then batch 3 of 20,000 rows (> 64 KiB).
+    let path = tmp.path().join("s.arrows");
+    python(&format!(
+        r#"
+import pyarrow as pa
+schema = pa.schema([("id", pa.int64()), ("name", pa.string()), ("v", pa.float64())])
+def batch(lo, n):
+    ids = list(range(lo, lo + n))
+    return pa.record_batch([pa.array(ids, pa.int64()), pa.array([f"n{{i}}" for i in ids]), pa.array([i / 2 for i in ids], pa.float64())], schema=schema)
+with pa.OSFile("{}", "wb") as f, pa.ipc.new_stream(f, schema) as w:
+    for lo in (0, 50, 100):
+        w.write_batch(batch(lo, 50))
+    w.write_batch(batch(150, 20000))
+    w.write_batch(batch(20150, 50))
+"#,
+        path.display()
+    ));
+    let r = stream(&s, &a, "events", "?wait=committed", std::fs::read(&path).unwrap());
+    assert_eq!(r.status(), 413);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    assert_eq!(
+        (v["error"]["details"]["batches_kept"].as_i64(), v["error"]["details"]["rows_kept"].as_i64()),
+        (Some(3), Some(150)),
+        "{v}"
+    );
+    let lsn = v["error"]["details"]["last_lsn"].as_u64().unwrap();
+    assert!(lsn > 0, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rows_of_or_zero(&s, &a, "events") < 150 {
+        assert!(Instant::now() < deadline, "the kept prefix never landed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let q = |sql: &str| -> serde_json::Value {
+        let r = s.http.post(s.url("/api/query")).header("X-API-Key", &a.key).json(&json!({"sql": sql})).send().unwrap();
+        json_of(r, 200)["rows"].clone()
+    };
+    assert_eq!(q("SELECT count(*), min(id), max(id) FROM events"), json!([[150, 0, 149]]));
+    drop(s);
+
+    // In-flight bytes (logged, not yet synced): with a 3 s group-commit
+    // window the first stream's record (about 6 KB) is in flight when the
+    // second arrives, and both would pass wal.max_inflight_bytes: 429.
+    env.write_config(
+        "wal:\n  max_record_bytes: 8192\n  max_inflight_bytes: 10000\n  durability: batch\n  batch_window_ms: 3000\n\
+         limits:\n  stream_record_target_bytes: 1024\n",
+    );
+    let s = env.serve();
+    let one = std::fs::read(arrow_stream_file(tmp.path(), "one.arrows", 1_000_000, 1, 200)).unwrap();
+    let two = std::fs::read(arrow_stream_file(tmp.path(), "two.arrows", 2_000_000, 1, 200)).unwrap();
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| stream(&s, &a, "events", "", one.clone()).status().as_u16());
+        std::thread::sleep(Duration::from_millis(700));
+        let r = stream(&s, &a, "events", "", two.clone());
+        assert_eq!(r.status(), 429, "{}", r.text().unwrap());
+        assert_eq!(first.join().unwrap(), 202);
+    });
+    // Once it is synced, the same write is admitted.
+    json_of(stream(&s, &a, "events", "?wait=committed", two), 200);
+    assert_eq!(rows_of(&s, &a, "events"), 550);
+}
+
+/// `max_ingest_bytes_per_s` slows an account's writes (reading pauses; one
+/// second of burst) instead of refusing them; another account is not
+/// slowed.
+#[test]
+fn the_ingest_rate_slows_one_account_only() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let slow = account(&env, "slow");
+    let fast = account(&env, "fast");
+    let s = env.serve();
+    let r = s
+        .admin(reqwest::Method::PATCH, "/api/admin/accounts/slow")
+        .json(&json!({"max_ingest_bytes_per_s": 100_000}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let csv: String =
+        std::iter::once("id,name\n".to_string()).chain((0..25_000).map(|i| format!("{i},name-{i:08}\n"))).collect();
+    assert!(csv.len() > 400_000);
+    let timed = |a: &Acct| {
+        let t = Instant::now();
+        json_of(upload(&s, a, "t", "", "text/csv", csv.clone()), 202);
+        t.elapsed()
+    };
+    // 400+ KB at 100 KB/s with 1 s of burst: at least 3 s.
+    let slowed = timed(&slow);
+    assert!(slowed >= Duration::from_millis(2_500), "not slowed: {slowed:?}");
+    let free = timed(&fast);
+    assert!(free < slowed, "the other account was slowed too: {free:?} vs {slowed:?}");
+}
+
+/// Rows of a table, 0 while it does not exist.
+fn rows_of_or_zero(s: &Server, a: &Acct, table: &str) -> i64 {
+    let r = s.get(&format!("/api/datasets/{table}"), Some(&a.key));
+    if r.status() == 404 {
+        return 0;
+    }
+    json_of(r, 200)["rows"].as_i64().unwrap()
+}

@@ -511,7 +511,8 @@ fn docker_session_is_limited_isolated_and_removed() {
     for want in ["CapEff:\\t0000000000000000", "CapBnd:\\t0000000000000000", "NoNewPrivs:\\t1"] {
         assert!(status.contains(want), "{want} not in {status}");
     }
-    let mounts = kernel.eval("[l for l in open('/proc/self/mounts').read().splitlines() if l.split()[1] in ('/tmp', '/dev/shm')]");
+    let mounts = kernel
+        .eval("[l for l in open('/proc/self/mounts').read().splitlines() if l.split()[1] in ('/tmp', '/dev/shm')]");
     assert!(mounts.contains("tmpfs /tmp tmpfs"), "{mounts}");
     assert!(mounts.contains("/dev/shm") && mounts.contains("size=49152k"), "{mounts}");
     // Past its memory cap the session fails with a reason; the container goes.

@@ -358,7 +358,203 @@ fn sigterm_shuts_down_gracefully(b: Backend) {
     }
 }
 
+/// The admin API's view of one account, and its deletion: the account's
+/// directory (log, lake, catalog) goes, its key stops working, its name is
+/// free again, and another account is untouched.
+fn admin_get_and_delete_remove_data_and_catalog(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let (acme, key) = env.create_account("acme");
+    let (_, other) = env.create_account("globex");
+    let s = env.serve();
+    let root = env.path().join("data/accounts").join(acme["id"].as_str().unwrap());
+    for k in [&key, &other] {
+        let r = s
+            .http
+            .post(s.url("/api/datasets/t/upload?wait=committed"))
+            .header("X-API-Key", k)
+            .header("Content-Type", "text/csv")
+            .body("id\n1\n")
+            .send()
+            .unwrap();
+        json_of(r, 200);
+    }
+    assert!(root.join("catalog.sqlite").is_file() && root.join("data").is_dir() && root.join("wal").is_dir());
+    let v = json_of(s.admin(Method::GET, "/api/admin/accounts/acme").send().unwrap(), 200);
+    assert_eq!((v["name"].as_str(), v["id"].as_str()), (Some("acme"), acme["id"].as_str()), "{v}");
+    assert!(v["quotas"].is_object(), "{v}");
+    error_of(s.admin(Method::GET, "/api/admin/accounts/nobody").send().unwrap(), 404, "not_found");
+    assert_eq!(s.admin(Method::DELETE, "/api/admin/accounts/acme").send().unwrap().status(), 204);
+    assert!(!root.exists(), "the account's directory is still there");
+    error_of(s.admin(Method::GET, "/api/admin/accounts/acme").send().unwrap(), 404, "not_found");
+    error_of(s.get("/api/account", Some(&key)), 401, "unauthorized");
+    let q = s
+        .http
+        .post(s.url("/api/query"))
+        .header("X-API-Key", &other)
+        .json(&json!({"sql": "SELECT count(*) FROM t"}))
+        .send()
+        .unwrap();
+    assert_eq!(json_of(q, 200)["rows"], json!([[1]]));
+    // The name can be taken again, with an empty lake.
+    let v = json_of(s.admin(Method::POST, "/api/admin/accounts").json(&json!({"name": "acme"})).send().unwrap(), 201);
+    assert_ne!(v["account"]["id"], acme["id"]);
+}
+
+/// A raw request: `head` then `body`, then silence; the status the daemon
+/// answers with (0 if it only closed the connection) within `limit`.
+fn stalled_request(s: &common::Server, head: &str, body: &[u8], limit: std::time::Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(limit)).unwrap();
+    sock.write_all(head.replace("{addr}", &addr).as_bytes()).unwrap();
+    sock.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = sock.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    (text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), text)
+}
+
+/// `server.request_timeout_ms` bounds a plain request (here: creating a
+/// key) whose body stops coming, and `server.body_read_timeout_ms` an upload that stops sending:
+/// both are a 408 with a JSON error, and the daemon serves on.
+fn stalled_requests_get_408(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve_with(|c| {
+        c.env("DUCKPOND_SERVER__REQUEST_TIMEOUT_MS", "500").env("DUCKPOND_SERVER__BODY_READ_TIMEOUT_MS", "500");
+    });
+    let limit = std::time::Duration::from_secs(20);
+    let t = std::time::Instant::now();
+    let (status, text) = stalled_request(
+        &s,
+        &format!("POST /api/account/keys HTTP/1.1\r\nHost: {{addr}}\r\nX-API-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"),
+        b"{\"label\": \"lap",
+        limit,
+    );
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("\"timeout\""), "{text}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(15), "no 408 for a long time: {:?}", t.elapsed());
+    let (status, text) = stalled_request(
+        &s,
+        &format!("POST /api/datasets/t/upload HTTP/1.1\r\nHost: {{addr}}\r\nX-API-Key: {key}\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        b"5\r\nid\n1\n\r\n",
+        limit,
+    );
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("\"timeout\""), "{text}");
+    // Nothing of the stalled upload was kept, and the daemon answers (a
+    // query: it has its own time limit, and the first open of the lake may
+    // take longer than this test's 500 ms request limit).
+    let r = s
+        .http
+        .post(s.url("/api/query"))
+        .header("X-API-Key", &key)
+        .json(&json!({"sql": "SELECT count(*) FROM information_schema.tables WHERE table_name = 't'"}))
+        .send()
+        .unwrap();
+    assert_eq!(json_of(r, 200)["rows"], json!([[0]]));
+}
+
+/// `DUCKPOND_LOG_FORMAT=json`: every line the daemon logs is a JSON object
+/// with a level and fields.
+fn log_format_json(b: Backend) {
+    let env = TestEnv::migrated(b);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve_with(|c| {
+        c.env("DUCKPOND_LOG_FORMAT", "json").env("DUCKPOND_LOG", "info");
+    });
+    assert_eq!(s.get("/api/account", Some(&key)).status(), 200);
+    let _ = s.terminate();
+    let mut logs: Vec<_> = std::fs::read_dir(env.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("server-"))
+        .map(|e| e.path())
+        .collect();
+    logs.sort();
+    let text = std::fs::read_to_string(logs.last().unwrap()).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("/api/account")), "the request was not logged: {text}");
+}
+
+/// `server.shutdown_grace_period_ms` bounds the drain: an upload that
+/// never finishes sending does not hold the daemon past it, and gets no
+/// acknowledgement.
+fn shutdown_grace_period_bounds_the_drain(b: Backend) {
+    use std::io::Write;
+    let env = TestEnv::migrated(b);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve_with(|c| {
+        c.env("DUCKPOND_SERVER__SHUTDOWN_GRACE_PERIOD_MS", "500");
+    });
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        sock,
+        "POST /api/datasets/t/upload HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {key}\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nid\n1\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    let status = s.terminate();
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "the drain outlived its grace: {:?}", t.elapsed());
+    let _ = status;
+    use std::io::Read;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = sock.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.starts_with("HTTP/1.1 2"), "the unfinished upload was acknowledged: {text}");
+}
+
+/// `/readyz` is a 503 while the metadata database refuses connections,
+/// and 200 again once it accepts them.
+#[test]
+fn readyz_follows_the_metadata_database() {
+    let env = TestEnv::migrated(Backend::Postgres);
+    let s = env.serve();
+    assert_eq!(s.get("/readyz", None).status(), 200);
+    let db = env.database_url.rsplit('/').next().unwrap().to_string();
+    let admin = std::env::var("DUCKPOND_TEST_POSTGRES_URL").unwrap();
+    let sql = |stmt: String| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query(&stmt).execute(&mut c).await.unwrap();
+        });
+    };
+    sql(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    sql(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"));
+    let wait_for = |status: u16| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let got = s.get("/readyz", None).status().as_u16();
+            if got == status {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "/readyz stayed {got}, not {status}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    wait_for(503);
+    // Liveness is not readiness: the process itself is fine.
+    assert_eq!(s.get("/healthz", None).status(), 200);
+    sql(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    wait_for(200);
+}
+
 both_backends!(
+    admin_get_and_delete_remove_data_and_catalog,
+    stalled_requests_get_408,
+    log_format_json,
+    shutdown_grace_period_bounds_the_drain,
     health_ready_metrics_openapi,
     account_endpoint_authenticates,
     bad_credentials_get_401,

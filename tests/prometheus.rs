@@ -228,7 +228,9 @@ fn remote_write_v2_histograms_exemplars_metadata() {
 #[test]
 fn malformed_remote_writes_store_nothing() {
     let env = TestEnv::migrated(Backend::Sqlite);
-    env.write_config("prometheus:\n  max_decoded_bytes: 100000\n  max_labels_per_series: 16\n");
+    env.write_config(
+        "prometheus:\n  max_decoded_bytes: 100000\n  max_labels_per_series: 16\n  max_label_bytes: 256\n  max_compressed_bytes: 200000\n",
+    );
     let (_, key) = env.create_account("acme");
     let s = env.serve();
     let v1 = |ts: Vec<prompb::TimeSeries>| {
@@ -237,21 +239,27 @@ fn malformed_remote_writes_store_nothing() {
     let many: Vec<(String, String)> = (0..40).map(|i| (format!("l{i:02}"), "v".to_string())).collect();
     let many_refs: Vec<(&str, &str)> =
         std::iter::once(("__name__", "m")).chain(many.iter().map(|(a, b)| (a.as_str(), b.as_str()))).collect();
-    let bad: Vec<(&str, Vec<u8>)> = vec![
-        ("bad snappy", b"definitely not snappy".to_vec()),
-        ("bad protobuf", snappy(b"\xff\xff\xff\xff\xff\xff")),
-        ("unsorted labels", v1(vec![series(&[("job", "a"), ("__name__", "m")], &[(1, 1.0)])])),
-        ("duplicate labels", v1(vec![series(&[("__name__", "m"), ("a", "1"), ("a", "2")], &[(1, 1.0)])])),
-        ("empty label name", v1(vec![series(&[("", "x"), ("__name__", "m")], &[(1, 1.0)])])),
-        ("empty label value", v1(vec![series(&[("__name__", "m"), ("a", "")], &[(1, 1.0)])])),
-        ("no metric name", v1(vec![series(&[("job", "a")], &[(1, 1.0)])])),
-        ("absurd label count", v1(vec![series(&many_refs, &[(1, 1.0)])])),
-        ("two values at one timestamp", v1(vec![series(&[("__name__", "m")], &[(1, 1.0), (1, 2.0)])])),
+    let long = "x".repeat(300);
+    // Each case, and what its 400's message must say.
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad snappy", b"definitely not snappy".to_vec(), "snappy"),
+        ("bad protobuf", snappy(b"\xff\xff\xff\xff\xff\xff"), "not a prometheus.WriteRequest"),
+        ("unsorted labels", v1(vec![series(&[("job", "a"), ("__name__", "m")], &[(1, 1.0)])]), "not sorted"),
+        ("duplicate labels", v1(vec![series(&[("__name__", "m"), ("a", "1"), ("a", "2")], &[(1, 1.0)])]), "unique"),
+        ("empty label name", v1(vec![series(&[("", "x"), ("__name__", "m")], &[(1, 1.0)])]), "name is empty"),
+        ("empty label value", v1(vec![series(&[("__name__", "m"), ("a", "")], &[(1, 1.0)])]), "empty value"),
+        ("no metric name", v1(vec![series(&[("job", "a")], &[(1, 1.0)])]), "no __name__"),
+        ("absurd label count", v1(vec![series(&many_refs, &[(1, 1.0)])]), "prometheus.max_labels_per_series"),
+        ("label past max_label_bytes", v1(vec![series(&[("__name__", "m"), ("a", &long)], &[(1, 1.0)])]), "longer than 256 bytes"),
+        ("two values at one timestamp", v1(vec![series(&[("__name__", "m")], &[(1, 1.0), (1, 2.0)])]), "1 ms"),
     ];
-    for (what, body) in bad {
-        let r = send(&s, &key, "application/x-protobuf", body);
-        assert_eq!(r.status(), 400, "{what}: {}", r.text().unwrap());
+    for (what, body, says) in bad {
+        let msg = error_of(send(&s, &key, "application/x-protobuf", body), 400, "bad_request");
+        assert!(msg.contains(says), "{what}: {msg}");
     }
+    // Past prometheus.max_compressed_bytes: 413 before decoding.
+    let incompressible: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    error_of(send(&s, &key, "application/x-protobuf", incompressible), 413, "payload_too_large");
     // One good series next to a bad one: the whole request is refused.
     let mixed = v1(vec![series(&[("__name__", "ok")], &[(1, 1.0)]), series(&[("job", "x")], &[(1, 1.0)])]);
     assert_eq!(send(&s, &key, "application/x-protobuf", mixed).status(), 400);
@@ -514,7 +522,24 @@ fn remote_read_returns_what_was_written() {
     // An injection attempt in a value is just a value.
     assert!(read(vec![matcher(Type::Eq, "env", "x' OR '1'='1")]).is_empty());
     let r = remote_read(&s, &key, &prompb::ReadRequest { queries: vec![], accepted_response_types: vec![1] });
-    error_of(r, 400, "bad_request");
+    let msg = error_of(r, 400, "bad_request");
+    assert!(msg.contains("SAMPLES"), "{msg}");
+    // Time filtering: only samples inside [start, end] come back.
+    let window = |start: i64, end: i64| -> Vec<i64> {
+        let q = prompb::Query {
+            start_timestamp_ms: start,
+            end_timestamp_ms: end,
+            matchers: vec![matcher(Type::Eq, "__name__", "duckpond_only_total"), matcher(Type::Eq, "env", "prod")],
+            hints: None,
+        };
+        let r = remote_read(&s, &key, &prompb::ReadRequest { queries: vec![q], accepted_response_types: vec![] });
+        let raw = snap::raw::Decoder::new().decompress_vec(&r.bytes().unwrap()).unwrap();
+        let res = prompb::ReadResponse::decode(raw.as_slice()).unwrap().results.remove(0).timeseries;
+        res.iter().flat_map(|t| t.samples.iter().map(|s| s.timestamp - t0)).collect()
+    };
+    assert_eq!(window(t0, t0 + 15_000), [0, 15_000], "both ends are inclusive");
+    assert_eq!(window(t0 + 1, t0 + 29_999), [15_000]);
+    assert_eq!(window(t0 + 30_001, now), Vec::<i64>::new());
 
     // A real Prometheus (no local data for this metric) reads it through us.
     let prom = start_prometheus(&format!(
@@ -536,6 +561,38 @@ fn remote_read_returns_what_was_written() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(v["data"]["result"][0]["value"][1], "2", "{v}");
+}
+
+/// Past `prometheus.max_read_samples` a remote read is a 400 that says
+/// how to narrow it; a narrower read of the same series is answered.
+#[test]
+fn remote_read_past_max_read_samples_is_refused() {
+    use prompb::label_matcher::Type;
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.write_config("prometheus:\n  max_read_samples: 10\n");
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    let t0 = chrono::Utc::now().timestamp_millis() - 60_000;
+    let samples: Vec<(i64, f64)> = (0..20).map(|i| (t0 + i * 1_000, i as f64)).collect();
+    let req = prompb::WriteRequest { timeseries: vec![series(&[("__name__", "m")], &samples)], metadata: vec![] };
+    assert_eq!(send(&s, &key, "application/x-protobuf", snappy(&req.encode_to_vec())).status(), 204);
+    drained(&s, &key);
+    let read = |end: i64| {
+        let q = prompb::Query {
+            start_timestamp_ms: t0,
+            end_timestamp_ms: end,
+            matchers: vec![matcher(Type::Eq, "__name__", "m")],
+            hints: None,
+        };
+        remote_read(&s, &key, &prompb::ReadRequest { queries: vec![q], accepted_response_types: vec![] })
+    };
+    let msg = error_of(read(t0 + 19_000), 400, "bad_request");
+    assert!(msg.contains("more than 10 samples"), "{msg}");
+    let r = read(t0 + 9_000);
+    assert_eq!(r.status(), 200);
+    let raw = snap::raw::Decoder::new().decompress_vec(&r.bytes().unwrap()).unwrap();
+    let got = prompb::ReadResponse::decode(raw.as_slice()).unwrap().results.remove(0).timeseries;
+    assert_eq!(got[0].samples.len(), 10);
 }
 
 /// After a restart, what is stored is loaded back from the lake: a request
@@ -615,17 +672,28 @@ fn out_of_order_and_changed_samples_follow_prometheus() {
         assert!(msg.contains("too old") && msg.contains("m{job=\"a\"}"), "{msg}");
         // A duplicate inside one request is stored once.
         assert_eq!(w(&[(T + 100_000, 6.0), (T + 100_000, 6.0)]).status(), 204);
+        // A resend mixing an old sample with a new one (Prometheus retrying
+        // a batch it extended): the new one is stored, the old one not twice.
+        assert_eq!(w(&[(T + 90_000, 3.0), (T + 110_000, 7.0)]).status(), 204);
         drained(&s, &key);
         let got = query(&s, &key, "SELECT timestamp_ms - 1700000000000, value FROM prom_samples ORDER BY 1");
-        assert_eq!(got, vec![json!([30_000, 2.0]), json!([60_000, 1.0]), json!([90_000, 3.0]), json!([100_000, 6.0])]);
+        assert_eq!(
+            got,
+            vec![json!([30_000, 2.0]), json!([60_000, 1.0]), json!([90_000, 3.0]), json!([100_000, 6.0]), json!([110_000, 7.0])]
+        );
+        // The counters, by value: 2 resent + 1 within a request + 1 mixed
+        // duplicates; 1 sample stored out of order; 2 requests refused.
         let metrics = s.get("/metrics", None).text().unwrap();
-        for name in [
-            "duckpond_prometheus_out_of_order_total",
-            "duckpond_prometheus_duplicates_total",
-            "duckpond_prometheus_refused_requests_total",
-        ] {
-            assert!(metrics.lines().any(|l| l.starts_with(name)), "{name} missing from /metrics");
-        }
+        let value = |name: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .sum()
+        };
+        assert_eq!(value("duckpond_prometheus_duplicates_total"), 4.0, "{metrics}");
+        assert_eq!(value("duckpond_prometheus_out_of_order_total"), 1.0, "{metrics}");
+        assert_eq!(value("duckpond_prometheus_refused_requests_total"), 2.0, "{metrics}");
     }
     // After a restart the window comes from the lake.
     let s = env.serve();
@@ -634,7 +702,7 @@ fn out_of_order_and_changed_samples_follow_prometheus() {
     error_of(w(&[(T + 60_000, 9.0)]), 400, "bad_request");
     error_of(w(&[(T + 10_000, 9.0)]), 400, "bad_request");
     drained(&s, &key);
-    assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_samples")[0][0], 4);
+    assert_eq!(query(&s, &key, "SELECT count(*) FROM prom_samples")[0][0], 5);
 }
 
 #[test]

@@ -108,31 +108,6 @@ fn remote_write_v1_stores_samples_and_is_idempotent() {
     assert_eq!(stale[0][0], 1);
     let meta = query(&s, &key, "SELECT metric_family_name, type, help FROM prom_metadata");
     assert_eq!(meta[0], json!(["http_requests_total", "counter", "Requests."]));
-    // The documented example queries (README) run and give the right answers.
-    let rate = query(
-        &s,
-        &key,
-        "WITH d AS (SELECT metric_name, labels, \"timestamp\", value, \
-        value - lag(value) OVER (PARTITION BY metric_name, labels ORDER BY \"timestamp\") AS delta \
-        FROM prometheus_samples WHERE metric_name = 'http_requests_total') \
-        SELECT labels['code'], sum(CASE WHEN delta < 0 THEN value ELSE delta END) / 1.0 AS per_second \
-        FROM d GROUP BY ALL ORDER BY 1",
-    );
-    assert_eq!(rate, vec![json!(["200", 4.0]), json!(["500", null])]);
-    let top = query(
-        &s,
-        &key,
-        "SELECT labels['code'], arg_max(value, \"timestamp\") AS latest FROM prometheus_samples \
-        WHERE metric_name = 'http_requests_total' GROUP BY ALL ORDER BY latest DESC LIMIT 1",
-    );
-    assert_eq!(top, vec![json!(["200", 5.0])]);
-    let down = query(
-        &s,
-        &key,
-        "SELECT time_bucket(INTERVAL 1 MINUTE, \"timestamp\") AS minute, avg(value) \
-        FROM prometheus_samples WHERE metric_name = 'http_requests_total' GROUP BY ALL",
-    );
-    assert_eq!(down, vec![json!(["1970-01-01T00:00:00", 8.0 / 3.0])]);
     // One series row per series, however often it is written.
     assert_eq!(query(&s, &key, "SELECT count(*), count(DISTINCT series_id) FROM prom_series")[0], json!([3, 3]));
     // Alias path and the three auth forms Prometheus can send.
@@ -561,6 +536,61 @@ fn remote_read_returns_what_was_written() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(v["data"]["result"][0]["value"][1], "2", "{v}");
+}
+
+/// The README's example queries, as the README writes them (read from
+/// README.md), over data made for them: each runs and gives the answer
+/// worked out by hand.
+#[test]
+fn readme_example_queries_run_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```sql")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("prometheus_samples") && b.contains("time_bucket"))
+        .expect("the README's Prometheus example block");
+    let queries: Vec<&str> = block.split(';').map(str::trim).filter(|q| !q.is_empty()).collect();
+    assert_eq!(queries.len(), 3, "{block}");
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    let now = chrono::Utc::now().timestamp_millis();
+    let minute = now / 60_000 * 60_000 - 180_000;
+    let mut timeseries = vec![
+        // 1 -> 5 -> 2 (a counter reset): 4 + 2 over 300 s.
+        series(
+            &[("__name__", "http_requests_total"), ("code", "200")],
+            &[(now - 120_000, 1.0), (now - 60_000, 5.0), (now - 30_000, 2.0)],
+        ),
+        // 2 -> 4: 2 over 300 s.
+        series(&[("__name__", "http_requests_total"), ("code", "500")], &[(now - 60_000, 2.0), (now - 30_000, 4.0)]),
+        // Two minutes of `up`: 1, 0 (avg 0.5) then 1.
+        series(
+            &[("__name__", "up"), ("instance", "a:9100")],
+            &[(minute, 1.0), (minute + 10_000, 0.0), (minute + 60_000, 1.0)],
+        ),
+    ];
+    for (i, v) in [10.0, 60.0, 30.0, 50.0, 20.0, 40.0].iter().enumerate() {
+        let mount = format!("/m{i}");
+        timeseries.push(series(
+            &[("__name__", "node_filesystem_avail_bytes"), ("mountpoint", &mount)],
+            &[(now - 60_000, 1.0), (now - 30_000, *v)],
+        ));
+    }
+    let req = prompb::WriteRequest { timeseries, metadata: vec![] };
+    assert_eq!(send(&s, &key, "application/x-protobuf", snappy(&req.encode_to_vec())).status(), 204);
+    drained(&s, &key);
+    let numbers = |rows: &[Value], col: usize| -> Vec<f64> { rows.iter().map(|r| r[col].as_f64().unwrap()).collect() };
+    let mut rate = numbers(&query(&s, &key, queries[0]), 1);
+    rate.sort_by(f64::total_cmp);
+    assert_eq!(rate, [2.0 / 300.0, 6.0 / 300.0]);
+    let top = query(&s, &key, queries[1]);
+    assert_eq!(numbers(&top, 1), [60.0, 50.0, 40.0, 30.0, 20.0]);
+    let down = query(&s, &key, queries[2]);
+    assert_eq!(down.len(), 2, "{down:?}");
+    assert_eq!(numbers(&down, 2), [0.5, 1.0]);
+    assert!(down.iter().all(|r| r[1] == "a:9100"), "{down:?}");
 }
 
 /// Past `prometheus.max_read_samples` a remote read is a 400 that says

@@ -57,13 +57,15 @@ echo "postgresql $ver/$name online on port $port"
 # the same version as the daemon's (extensions are LOADed by path from the
 # fetched binaries, so only the wheel is needed).
 venv=${DUCKPOND_TEST_VENV:-$HOME/.cache/duckpond/venv}
-if ! "$venv/bin/python" -c 'import duckdb, pyarrow, sys; sys.exit(duckdb.__version__ != "1.5.5")' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import duckdb, pyarrow, grpc_tools, sys; sys.exit(duckdb.__version__ != "1.5.5")' 2>/dev/null; then
   python3 -m venv "$venv" 2>/dev/null || {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$venv"
   }
   # pyarrow: the independent Arrow IPC / Parquet writer of the ingest tests.
-  "$venv/bin/python" -m pip install --quiet duckdb==1.5.5 pyarrow==26.0.1
+  # grpcio-tools: protoc and Python's protobuf runtime, an encoder of remote
+  # write 2.0 independent of ours (tests/prometheus.rs).
+  "$venv/bin/python" -m pip install --quiet duckdb==1.5.5 pyarrow==26.0.1 grpcio-tools==1.85.1
 fi
 echo "python for interop tests: $venv/bin/python (duckdb $("$venv/bin/python" -c 'import duckdb; print(duckdb.__version__)'))"

@@ -199,6 +199,90 @@ fn remote_write_v2_histograms_exemplars_metadata() {
     assert_eq!(r.headers()["x-prometheus-remote-write-samples-written"], "0");
 }
 
+/// Remote write 2.0 as an independent encoder writes it: Python's protobuf
+/// runtime on the official `.proto` (compiled by grpcio-tools' protoc), not
+/// DuckPond's generated types, so a wrong field number on our side cannot
+/// hide behind the same mistake in the test. The
+/// `X-Prometheus-Remote-Write-*-Written` headers and the stored values
+/// must match what the encoder put in.
+#[test]
+fn remote_write_v2_from_an_independent_encoder() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let (_, key) = env.create_account("acme");
+    let s = env.serve();
+    let script = format!(
+        r#"
+import importlib.util, json, pathlib, sys, tempfile
+from grpc_tools import protoc
+root = pathlib.Path({root:?})
+d = tempfile.mkdtemp()
+files = [str(p.relative_to(root)) for p in root.rglob("*.proto")]
+assert protoc.main(["protoc", f"-I{{root}}", f"--python_out={{d}}"] + files) == 0
+spec = importlib.util.spec_from_file_location("t", pathlib.Path(d) / "io" / "prometheus" / "write" / "v2" / "types_pb2.py")
+v2 = importlib.util.module_from_spec(spec); spec.loader.exec_module(v2)
+r = v2.Request()
+r.symbols.extend(["", "__name__", "rpc_seconds", "job", "api", "trace_id", "t-1", "Latency.", "seconds", "zone", "eu", "rpc_hist"])
+samples = histograms = exemplars = 0
+for k, refs in enumerate([[1, 2, 3, 4], [1, 2, 3, 4, 9, 10]]):
+    ts = r.timeseries.add()
+    ts.labels_refs.extend(refs)
+    for j in range(3):
+        smp = ts.samples.add(); smp.value = k * 1000 + j + 0.125; smp.timestamp = 1_700_000_000_000 + k * 10 + j
+        samples += 1
+    ts.metadata.type = 2; ts.metadata.help_ref = 7; ts.metadata.unit_ref = 8
+    if k == 0:
+        e = ts.exemplars.add(); e.value = 0.75; e.timestamp = 1_700_000_000_001; e.labels_refs.extend([5, 6])
+        exemplars += 1
+ts = r.timeseries.add()
+ts.labels_refs.extend([1, 11, 3, 4])
+h = ts.histograms.add(); h.count_float = 7.5; h.sum = -2.25; h.schema = -1; h.zero_threshold = 0.001
+h.zero_count_float = 0.5; sp = h.negative_spans.add(); sp.offset = 1; sp.length = 2
+h.negative_counts.extend([1.5, 2.5]); h.reset_hint = 1; h.timestamp = 1_700_000_000_100
+histograms += 1
+ts.metadata.type = 3; ts.metadata.help_ref = 7; ts.metadata.unit_ref = 8
+sys.stdout.write(json.dumps({{"body": r.SerializeToString().hex(), "samples": samples, "histograms": histograms, "exemplars": exemplars}}))
+"#,
+        root = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/proto")
+    );
+    let made: Value = serde_json::from_str(&common::python(&script)).unwrap();
+    let body = hex::decode(made["body"].as_str().unwrap()).unwrap();
+    let r = send(&s, &key, V2_TYPE, snappy(&body));
+    assert_eq!(r.status(), 204, "{}", r.text().unwrap_or_default());
+    for (header, what) in [
+        ("x-prometheus-remote-write-samples-written", "samples"),
+        ("x-prometheus-remote-write-histograms-written", "histograms"),
+        ("x-prometheus-remote-write-exemplars-written", "exemplars"),
+    ] {
+        assert_eq!(r.headers()[header].to_str().unwrap(), made[what].to_string(), "{header}");
+    }
+    drained(&s, &key);
+    assert_eq!(
+        query(&s, &key, "SELECT count(*), sum(value), min(timestamp_ms), max(timestamp_ms) FROM prom_samples")[0],
+        json!([6, 3006.75, 1_700_000_000_000i64, 1_700_000_000_012i64])
+    );
+    assert_eq!(
+        query(&s, &key, "SELECT count(DISTINCT series_id) FROM prom_series WHERE metric_name = 'rpc_seconds'")[0][0],
+        2
+    );
+    let h = query(
+        &s,
+        &key,
+        "SELECT count_float, sum, schema, zero_threshold, zero_count_float, negative_span_offsets, \
+         negative_span_lengths, negative_counts, reset_hint, timestamp_ms FROM prom_histograms",
+    );
+    assert_eq!(h, vec![json!([7.5, -2.25, -1, 0.001, 0.5, [1], [2], [1.5, 2.5], 1, 1_700_000_000_100i64])]);
+    let e = query(&s, &key, "SELECT value, timestamp_ms, labels['trace_id'] FROM prom_exemplars");
+    assert_eq!(e, vec![json!([0.75, 1_700_000_000_001i64, "t-1"])]);
+    let m = query(&s, &key, "SELECT DISTINCT metric_family_name, type, help, unit FROM prom_metadata ORDER BY 1");
+    assert_eq!(
+        m,
+        vec![
+            json!(["rpc_hist", "histogram", "Latency.", "seconds"]),
+            json!(["rpc_seconds", "gauge", "Latency.", "seconds"])
+        ]
+    );
+}
+
 /// Every malformed body gets 400 (or 413/415) and stores nothing.
 #[test]
 fn malformed_remote_writes_store_nothing() {
@@ -225,7 +309,11 @@ fn malformed_remote_writes_store_nothing() {
         ("empty label value", v1(vec![series(&[("__name__", "m"), ("a", "")], &[(1, 1.0)])]), "empty value"),
         ("no metric name", v1(vec![series(&[("job", "a")], &[(1, 1.0)])]), "no __name__"),
         ("absurd label count", v1(vec![series(&many_refs, &[(1, 1.0)])]), "prometheus.max_labels_per_series"),
-        ("label past max_label_bytes", v1(vec![series(&[("__name__", "m"), ("a", &long)], &[(1, 1.0)])]), "longer than 256 bytes"),
+        (
+            "label past max_label_bytes",
+            v1(vec![series(&[("__name__", "m"), ("a", &long)], &[(1, 1.0)])]),
+            "longer than 256 bytes",
+        ),
         ("two values at one timestamp", v1(vec![series(&[("__name__", "m")], &[(1, 1.0), (1, 2.0)])]), "1 ms"),
     ];
     for (what, body, says) in bad {
@@ -709,7 +797,13 @@ fn out_of_order_and_changed_samples_follow_prometheus() {
         let got = query(&s, &key, "SELECT timestamp_ms - 1700000000000, value FROM prom_samples ORDER BY 1");
         assert_eq!(
             got,
-            vec![json!([30_000, 2.0]), json!([60_000, 1.0]), json!([90_000, 3.0]), json!([100_000, 6.0]), json!([110_000, 7.0])]
+            vec![
+                json!([30_000, 2.0]),
+                json!([60_000, 1.0]),
+                json!([90_000, 3.0]),
+                json!([100_000, 6.0]),
+                json!([110_000, 7.0])
+            ]
         );
         // The counters, by value: 2 resent + 1 within a request + 1 mixed
         // duplicates; 1 sample stored out of order; 2 requests refused.

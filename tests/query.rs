@@ -582,3 +582,57 @@ fn results_of_every_shape_cross_the_worker_whole() {
         &got[..5]
     );
 }
+
+/// Time travel in every download format: `snapshot` picks what is read and
+/// `X-DuckPond-Snapshot-Id` says which snapshot was; past
+/// `compactor.snapshot_retention_hours` (0 here, maintenance every 200 ms)
+/// an old snapshot is a 404 that says it expired.
+#[test]
+fn snapshots_in_downloads_and_past_retention() {
+    let Setup { env, s, a, b: _b } = setup("");
+    let tmp = tempfile::tempdir().unwrap();
+    let old = json_of(query(&s, &a, json!({"sql": "SELECT 1"})), 200)["snapshot_id"].as_i64().unwrap();
+    upload(&s, &a, "sales", "id,amount,region\n4,1,eu\n");
+    let new = json_of(query(&s, &a, json!({"sql": "SELECT 1"})), 200)["snapshot_id"].as_i64().unwrap();
+    assert!(new > old);
+    for format in ["csv", "parquet", "arrow"] {
+        for (snapshot, want_id, want_rows) in [(Some(old), old, 3), (None, new, 4)] {
+            let mut body = json!({"sql": "SELECT count(*) AS n FROM sales", "format": format});
+            if let Some(id) = snapshot {
+                body["snapshot"] = json!(id);
+            }
+            let r = s.http.post(s.url("/api/query")).header("X-API-Key", &a.key).json(&body).send().unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-duckpond-snapshot-id"].to_str().unwrap(), want_id.to_string(), "{format}");
+            let path = tmp.path().join(format!("n.{format}"));
+            std::fs::write(&path, r.bytes().unwrap()).unwrap();
+            let reader = match format {
+                "csv" => "pyarrow.csv.read_csv(p)",
+                "parquet" => "pyarrow.parquet.read_table(p)",
+                _ => "pyarrow.ipc.open_stream(open(p, 'rb')).read_all()",
+            };
+            let out = python(&format!(
+                "import pyarrow, pyarrow.csv, pyarrow.parquet, pyarrow.ipc\np = {:?}\nprint({reader}['n'][0].as_py())",
+                path.display().to_string()
+            ));
+            assert_eq!(out.trim(), want_rows.to_string(), "{format} at {snapshot:?}");
+        }
+    }
+    drop(s);
+    env.write_config("compactor:\n  snapshot_retention_hours: 0\n  maintenance_interval_ms: 200\n");
+    let s = env.serve();
+    // Maintenance runs after a flush: give it one.
+    upload(&s, &a, "sales", "id,amount,region\n5,1,eu\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let msg = loop {
+        let r = query(&s, &a, json!({"sql": "SELECT count(*) FROM sales", "snapshot": old}));
+        if r.status() == 404 {
+            break error_of(r, 404, "not_found");
+        }
+        assert_eq!(r.status(), 200);
+        assert!(Instant::now() < deadline, "snapshot {old} never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(msg.contains("expired"), "{msg}");
+    assert_eq!(count(&s, &a, "sales"), 5);
+}

@@ -380,15 +380,27 @@ fn bad_uploads_are_refused_and_leave_nothing() {
     assert!(body.contains("payload_too_large"), "{body}");
     let (status, body) = raw_post(&s, &a, "/api/datasets/t/upload", None, big.as_bytes());
     assert_eq!(status, 413, "{body}");
-    // Storage quota: 507 with usage and quota in the message.
+    // Storage quota: 507 with usage and quota in the message, for the
+    // upload that would pass it, not because the account is already over
+    // (the quota leaves 200 KB above current usage; this upload is 300+ KB).
+    let used = json_of(s.get("/api/account", Some(&a.key)), 200)["usage"]["storage_bytes"].as_u64().unwrap();
+    let quota = used + 200_000;
+    let r = s
+        .admin(reqwest::Method::PATCH, "/api/admin/accounts/acme")
+        .json(&serde_json::json!({"max_storage_bytes": quota}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let over: String = std::iter::once("id,pad\n".to_string()).chain((0..10_000).map(|i| format!("{i},{:040}\n", i))).collect();
+    assert!(over.len() > 300_000);
+    let msg = error_of(upload(&s, &a, "t", "", "text/csv", over), 507, "insufficient_storage");
+    assert!(msg.contains("quota") && msg.contains(&quota.to_string()) && msg.contains("this write needs"), "{msg}");
     let r = s
         .admin(reqwest::Method::PATCH, "/api/admin/accounts/acme")
         .json(&serde_json::json!({"max_storage_bytes": 1000}))
         .send()
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let msg = error_of(upload(&s, &a, "t", "", "text/csv", CSV), 507, "insufficient_storage");
-    assert!(msg.contains("quota") && msg.contains("1000"), "{msg}");
 
     assert!(datasets(&s, &a).is_empty());
     assert!(files_in(&a.root.join("staged")).is_empty(), "{:?}", files_in(&a.root.join("staged")));

@@ -3,7 +3,7 @@
 //   DUCKPOND_URL, DUCKPOND_KEY, SCREENSHOT_DIR, CHROMIUM [, CSV_FILE]
 // Exits non-zero with a message on the first failed expectation.
 import { chromium } from "playwright-core";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tmpdir } from "node:os";
 
@@ -159,9 +159,15 @@ try {
     // Export downloads a file.
     await page.click(".cm-content");
     await page.keyboard.press("Control+A");
-    await page.keyboard.type("SELECT * FROM e2e_series");
+    await page.keyboard.type("SELECT value, label FROM e2e_series ORDER BY value");
     const [download] = await Promise.all([page.waitForEvent("download"), page.click("text=Export CSV")]);
     expect(download.suggestedFilename() === "result.csv", "a CSV download");
+    // The file holds the query's result: its header and every row.
+    const saved = join(tmpdir(), `e2e-export-${process.pid}.csv`);
+    await download.saveAs(saved);
+    const got = readFileSync(saved, "utf8").trim().split(/\r?\n/);
+    const want = ["value,label", "1.5,a", "2.5,b", "4.0,c"];
+    expect(JSON.stringify(got) === JSON.stringify(want), `the exported CSV is ${JSON.stringify(got)}, not ${JSON.stringify(want)}`);
   });
 
   await step("create and revoke a key", async () => {

@@ -391,7 +391,8 @@ fn bad_uploads_are_refused_and_leave_nothing() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-    let over: String = std::iter::once("id,pad\n".to_string()).chain((0..10_000).map(|i| format!("{i},{:040}\n", i))).collect();
+    let over: String =
+        std::iter::once("id,pad\n".to_string()).chain((0..10_000).map(|i| format!("{i},{:040}\n", i))).collect();
     assert!(over.len() > 300_000);
     let msg = error_of(upload(&s, &a, "t", "", "text/csv", over), 507, "insufficient_storage");
     assert!(msg.contains("quota") && msg.contains(&quota.to_string()) && msg.contains("this write needs"), "{msg}");

@@ -63,6 +63,23 @@ fn the_ui_works_in_a_real_browser() {
     }
 }
 
+/// With `server.secure_cookies` (behind TLS) the cookie is `Secure`, and
+/// `session_cookie_max_age_seconds` is its `Max-Age`.
+#[test]
+fn secure_cookies_and_max_age_follow_the_config() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    let (_, key) = env.create_account("cookie");
+    let server = env.serve_with(|c| {
+        c.env("DUCKPOND_SERVER__SECURE_COOKIES", "true").env("DUCKPOND_SERVER__SESSION_COOKIE_MAX_AGE_SECONDS", "600");
+    });
+    let res =
+        server.http.post(server.url("/api/ui/session")).json(&serde_json::json!({"api_key": key})).send().unwrap();
+    assert_eq!(res.status(), 204);
+    let set = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    assert!(attrs.contains(&"Secure") && attrs.contains(&"Max-Age=600"), "{set}");
+}
+
 #[test]
 fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
     let env = TestEnv::migrated(Backend::Sqlite);
@@ -93,9 +110,10 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
     let res = http.post(server.url("/api/ui/session")).json(&serde_json::json!({"api_key": key})).send().unwrap();
     assert_eq!(res.status(), 204);
     let set = res.headers()["set-cookie"].to_str().unwrap().to_string();
-    for attr in ["duckpond_session=", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+    for attr in ["duckpond_session=", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
         assert!(set.contains(attr), "{attr} missing from {set}");
     }
+    assert!(!set.contains("Secure"), "Secure on plain HTTP (server.secure_cookies is off): {set}");
     let cookie = set.split(';').next().unwrap().to_string();
     // The cookie is a session id, never the key.
     assert!(cookie.starts_with("duckpond_session=dps_") && !cookie.contains(&key), "{cookie}");
@@ -132,6 +150,15 @@ fn session_cookie_is_httponly_strict_and_writes_need_our_origin() {
         .header("Cookie", &cookie)
         .header("Origin", format!("http://{host}"))
         .json(&serde_json::json!({"label": "ok"}))
+        .send()
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().unwrap());
+    // A Referer from our own pages is the same proof when Origin is absent.
+    let res = http
+        .post(server.url("/api/account/keys"))
+        .header("Cookie", &cookie)
+        .header("Referer", format!("http://{host}/#/account"))
+        .json(&serde_json::json!({"label": "by-referer"}))
         .send()
         .unwrap();
     assert_eq!(res.status(), 201, "{}", res.text().unwrap());

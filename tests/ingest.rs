@@ -933,3 +933,120 @@ fn rows_of_or_zero(s: &Server, a: &Acct, table: &str) -> i64 {
     }
     json_of(r, 200)["rows"].as_i64().unwrap()
 }
+
+/// The CLI's promises, each checked by what it does: the key it issues for
+/// itself is a 0600 file; `--no-wait` returns before the commit; `--format`
+/// overrides the extension; `stream arrow --file`; `--json` on every data
+/// command; quota flags; human-readable listings; `--home` and `--config`
+/// pick the home and the configuration.
+#[test]
+fn cli_flags_do_what_they_say() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::migrated(Backend::Sqlite);
+    // Quota flags, in their units: GB with decimals, bytes per second.
+    let created = env.ok(&[
+        "account",
+        "create",
+        "acme",
+        "--json",
+        "--max-storage-gb",
+        "1.5",
+        "--max-ingest-bytes-per-s",
+        "123456",
+        "--max-concurrent-queries",
+        "3",
+        "--max-notebook-sessions",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&created).unwrap();
+    let q = &v["account"]["quotas"];
+    assert_eq!(
+        (
+            q["max_storage_bytes"].as_u64(),
+            q["max_ingest_bytes_per_s"].as_u64(),
+            q["max_concurrent_queries"].as_u64(),
+            q["max_notebook_sessions"].as_u64()
+        ),
+        (Some(1_610_612_736), Some(123_456), Some(3), Some(1)),
+        "{v}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["account", "update", "acme", "--max-storage-gb", "0.25", "--json"])).unwrap();
+    assert_eq!(v["quotas"]["max_storage_bytes"].as_u64(), Some(268_435_456), "{v}");
+    // Human-readable listing: a header and one aligned row per account.
+    env.ok(&["account", "create", "globex"]);
+    let out = env.ok(&["account", "list"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].to_lowercase().contains("name"), "{out}");
+    assert!(lines.iter().any(|l| l.starts_with("acme")) && lines.iter().any(|l| l.starts_with("globex")), "{out}");
+    assert!(serde_json::from_str::<serde_json::Value>(&out).is_err(), "text listing is JSON: {out}");
+
+    let s = env.serve();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ["--account", "acme", "--server", s.url.as_str()];
+    let run = |args: &[&str]| env.ok(&[args, &server[..]].concat());
+    // --format: a .txt file read as CSV; --json: the server's reply.
+    let txt = tmp.path().join("rows.txt");
+    std::fs::write(&txt, CSV).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["dataset", "upload", txt.to_str().unwrap(), "--format", "csv", "--json"])).unwrap();
+    assert_eq!((v["rows"].as_u64(), v["committed"].as_bool()), (Some(3), Some(true)), "{v}");
+    // The key the CLI issued for itself: readable by its owner only.
+    let key_file = env.path().join("cli/acme.key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{key_file:?} has mode {mode:o}");
+    // --no-wait: durable, not (yet) committed.
+    let v: serde_json::Value = serde_json::from_str(&run(&[
+        "dataset",
+        "upload",
+        txt.to_str().unwrap(),
+        "--format",
+        "csv",
+        "--no-wait",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(v["committed"], false, "{v}");
+    // stream arrow --file, with and without --json.
+    let f = arrow_stream_file(tmp.path(), "f.arrows", 0, 2, 50);
+    let out = run(&["stream", "arrow", "events", "--file", f.to_str().unwrap()]);
+    assert!(out.contains("100 rows in 2 batches"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["stream", "arrow", "events2", "--file", f.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!((v["rows_kept"].as_u64(), v["batches_kept"].as_u64()), (Some(100), Some(2)), "{v}");
+    // --json on describe, list, query and delete.
+    let v: serde_json::Value = serde_json::from_str(&run(&["dataset", "describe", "events", "--json"])).unwrap();
+    assert_eq!(v["name"], "events", "{v}");
+    let v: serde_json::Value = serde_json::from_str(&run(&["dataset", "list", "--json"])).unwrap();
+    assert!(v.as_array().unwrap().len() >= 3, "{v}");
+    let v: serde_json::Value =
+        serde_json::from_str(&run(&["query", "SELECT count(*) AS n FROM events", "--format", "json"])).unwrap();
+    assert_eq!(v["rows"], json!([[100]]), "{v}");
+    let out = run(&["dataset", "delete", "events2", "--json"]);
+    assert!(out.trim().is_empty() || serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{out}");
+    drop(s);
+
+    // --home and --config: another home, and a config file elsewhere that
+    // names its own metadata database.
+    let other = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("elsewhere.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "database:\n  url: sqlite:{}/meta.db\nduckdb:\n  extension_directory: {}\n",
+            other.path().display(),
+            common::extension_dir().display()
+        ),
+    )
+    .unwrap();
+    let home = other.path().to_str().unwrap();
+    let cfg = cfg.to_str().unwrap();
+    env.ok(&["--home", home, "--config", cfg, "db", "upgrade"]);
+    env.ok(&["--home", home, "--config", cfg, "account", "create", "initech"]);
+    assert!(other.path().join("meta.db").is_file(), "--config's database was not used");
+    assert!(other.path().join("data/accounts").is_dir(), "--home's data directory was not used");
+    let here = env.ok(&["account", "list", "--json"]);
+    assert!(!here.contains("initech"), "the account went to the default home: {here}");
+    let there = env.ok(&["--home", home, "--config", cfg, "account", "list", "--json"]);
+    assert!(there.contains("initech") && !there.contains("acme"), "{there}");
+}

@@ -358,26 +358,44 @@ impl Drop for Prom {
 }
 
 /// A loopback port nobody listened on a moment ago. Another process can
-/// take it before Prometheus binds it: [`start_prometheus`] retries then.
+/// take it before Prometheus binds it: [`start_prometheus`] then starts
+/// Prometheus again on another one.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts a real Prometheus on a free loopback port with `config` (its
-/// own address is substituted for `{self}`).
+/// own address is substituted for `{self}`), and waits until it is ready.
+/// If another process took the port first, Prometheus exits: it is started
+/// again on another port.
 fn start_prometheus(config: &str) -> Prom {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(dir.path().join("prometheus.yml"), config.replace("{self}", &format!("127.0.0.1:{port}"))).unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the prometheus binary (Debian package `prometheus`, installed by .ci/services.sh)");
-    Prom { child, url: format!("http://127.0.0.1:{port}"), _dir: dir }
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("prometheus.yml"), config.replace("{self}", &format!("127.0.0.1:{port}")))
+            .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the prometheus binary (Debian package `prometheus`, installed by .ci/services.sh)");
+        let mut prom = Prom { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = prom.child.try_wait() {
+                break; // it could not bind: try another port
+            }
+            if reqwest::blocking::get(format!("{}/-/ready", prom.url)).is_ok_and(|r| r.status().is_success()) {
+                return prom;
+            }
+            assert!(Instant::now() < deadline, "prometheus never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    panic!("prometheus could not bind a free port five times");
 }
 
 /// A real Prometheus scrapes itself and remote-writes to DuckPond; the

@@ -821,3 +821,84 @@ fn a_revoked_key_closes_the_websocket_opened_with_it() {
         "unauthorized",
     );
 }
+
+/// The process backend's promises, each by what it does: a start without
+/// `wait` answers 202 `starting` at once and becomes ready; the session's
+/// cgroup carries the configured pids and CPU caps (as the kernel reports
+/// them for marimo's own process); SIGTERM to the daemon stops its
+/// sessions; past `spawn_timeout_seconds` a start fails with that reason.
+#[test]
+fn process_sessions_start_without_wait_are_capped_and_stop_with_the_daemon() {
+    let env = env_with((20_140, 20_141), "  pids_limit: 150\n  cpu_limit: 0.5\n", "");
+    let (_, key) = env.create_account("alice");
+    let server = env.serve();
+    let id = create_notebook(&server, &key, "capped");
+    let r =
+        server.http.post(server.url(&format!("/api/notebooks/{id}/start"))).header("X-API-Key", &key).send().unwrap();
+    let v = json_of(r, 202);
+    assert_eq!(v["state"], "starting", "{v}");
+    let v = wait_session(&server, &key, &id, READY_TIMEOUT, |v| v["state"] == "ready");
+    assert_eq!(v["url"], format!("/notebooks/{id}/"));
+    let pids = marimo_pids(&id);
+    assert!(!pids.is_empty());
+    // The caps, from marimo's own /proc/<pid>/cgroup (v1 or v2).
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
+    let file_of = |controller: &str, name: &str| -> String {
+        for line in cgroups.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let dir = if ctrls.is_empty() {
+                format!("/sys/fs/cgroup{path}")
+            } else if ctrls.split(',').any(|c| c == controller) {
+                format!("/sys/fs/cgroup/{ctrls}{path}")
+            } else {
+                continue;
+            };
+            if let Ok(v) = std::fs::read_to_string(format!("{dir}/{name}")) {
+                return v.trim().to_string();
+            }
+        }
+        panic!("no {controller} {name} for marimo in {cgroups}")
+    };
+    assert_eq!(file_of("pids", "pids.max"), "150", "{cgroups}");
+    if cgroups.starts_with("0::") {
+        assert_eq!(file_of("cpu", "cpu.max"), "50000 100000", "{cgroups}");
+    } else {
+        let quota: i64 = file_of("cpu", "cpu.cfs_quota_us").parse().unwrap();
+        let period: i64 = file_of("cpu", "cpu.cfs_period_us").parse().unwrap();
+        assert_eq!(quota * 100 / period, 50, "{cgroups}");
+    }
+    // SIGTERM to the daemon stops the session it started.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(Instant::now() < deadline, "marimo outlived the daemon's SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A "marimo" that never answers (a shell loop, its arguments on its
+    // command line for marimo_pids to find): past
+    // spawn_timeout_seconds the start fails, says why, and leaves nothing.
+    let fake = tempfile::tempdir().unwrap();
+    std::fs::create_dir(fake.path().join("bin")).unwrap();
+    let script = fake.path().join("bin/marimo");
+    std::fs::write(&script, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(notebook_env().join("bin/python"), fake.path().join("bin/python")).unwrap();
+    env.write_config(&format!(
+        "notebooks:\n  python_env: {}\n  port_range: 20140-20141\n  spawn_timeout_seconds: 2\n",
+        fake.path().display()
+    ));
+    let server = env.serve();
+    let v = start(&server, &key, &id);
+    assert!(v["state"] == "stopping" || v["state"] == "failed", "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("notebooks.spawn_timeout_seconds"), "{v}");
+    let v = wait_session(&server, &key, &id, Duration::from_secs(20), |v| v["state"] == "failed");
+    assert!(v["reason"].as_str().unwrap().contains("notebooks.spawn_timeout_seconds"), "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marimo_pids(&id).is_empty() {
+        assert!(Instant::now() < deadline, "a timed-out start left its process running");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1050,3 +1050,37 @@ fn cli_flags_do_what_they_say() {
     let there = env.ok(&["--home", home, "--config", cfg, "account", "list", "--json"]);
     assert!(there.contains("initech") && !there.contains("acme"), "{there}");
 }
+
+/// `compactor.flush_threshold_bytes`: with a ten-minute flush interval, a
+/// small write waits for the interval, and the write that takes the log
+/// past the threshold is flushed at once (with everything before it).
+#[test]
+fn the_flush_threshold_triggers_a_flush() {
+    let env = TestEnv::migrated(Backend::Sqlite);
+    env.write_config("compactor:\n  flush_interval_ms: 600000\n  flush_threshold_bytes: 100000\n");
+    let a = account(&env, "acme");
+    let s = env.serve();
+    let tmp = tempfile::tempdir().unwrap();
+    let lsns = || {
+        let me = json_of(s.get("/api/account", Some(&a.key)), 200);
+        (me["usage"]["durable_lsn"].as_u64().unwrap(), me["usage"]["committed_lsn"].as_u64().unwrap())
+    };
+    let small = arrow_stream_file(tmp.path(), "small.arrows", 0, 1, 10);
+    json_of(stream(&s, &a, "events", "", std::fs::read(&small).unwrap()), 202);
+    std::thread::sleep(Duration::from_millis(1_500));
+    let (durable, committed) = lsns();
+    assert!(durable > 0 && committed < durable, "flushed below the threshold: {durable} {committed}");
+    let big = arrow_stream_file(tmp.path(), "big.arrows", 10, 1, 5_000);
+    assert!(std::fs::metadata(&big).unwrap().len() > 100_000);
+    json_of(stream(&s, &a, "events", "", std::fs::read(&big).unwrap()), 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (durable, committed) = lsns();
+        if committed == durable {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the threshold did not trigger a flush: {durable} {committed}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rows_of(&s, &a, "events"), 5_010);
+}

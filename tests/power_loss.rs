@@ -5,7 +5,8 @@
 //! A kill -9 alone cannot show a missing fsync: the page cache outlives the
 //! process.
 //!
-//! While streams, uploads and remote writes are acknowledged, the compactor flushes every
+//! While streams, uploads (appending and replacing) and remote writes are
+//! acknowledged, the compactor flushes every
 //! 50 ms (log truncated behind it) and maintenance merges and deletes files
 //! every 300 ms, the power goes at a random moment, many times; the daemon
 //! starts on what is left, and an independent DuckDB (Python, the official
@@ -113,6 +114,9 @@ enum Kind {
     Upload,
     /// Prometheus remote write (samples into `prom_samples`).
     RemoteWrite,
+    /// CSV upload replacing the table `latest` (a drop and a staged file
+    /// in one log append).
+    Replace,
 }
 
 /// Acknowledged writes: (kind, first id, end id).
@@ -123,7 +127,7 @@ type Acked = Vec<(Kind, i64, i64)>;
 fn write_until(s: &Server, key: &str, next: &AtomicI64, stop: &AtomicBool) -> Acked {
     let acked = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
-        for kind in [Kind::Stream, Kind::Upload, Kind::RemoteWrite] {
+        for kind in [Kind::Stream, Kind::Upload, Kind::RemoteWrite, Kind::Replace] {
             let acked = &acked;
             scope.spawn(move || {
                 let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
@@ -137,6 +141,10 @@ fn write_until(s: &Server, key: &str, next: &AtomicI64, stop: &AtomicBool) -> Ac
                             .body(ipc_of(lo, hi)),
                         Kind::Upload => http
                             .post(s.url("/api/datasets/events/upload"))
+                            .header("Content-Type", "text/csv")
+                            .body(csv_of(lo, hi)),
+                        Kind::Replace => http
+                            .post(s.url("/api/datasets/latest/upload?mode=replace"))
                             .header("Content-Type", "text/csv")
                             .body(csv_of(lo, hi)),
                         Kind::RemoteWrite => http
@@ -198,7 +206,28 @@ fn audit(rig: &Rig, acked: &Acked) -> (i64, i64) {
          FROM prom_samples"
     );
     let (m2, d2) = audit_table(rig, "prom_samples", &rows, &samples);
-    (m1 + m2, d1 + d2)
+    // Replaced wholesale each time: exactly one write's rows, whole, and
+    // not older than the last acknowledged one.
+    let latest = acked.iter().filter(|a| a.0 == Kind::Replace).map(|a| a.1).max();
+    let (mut m3, d3) = (0, 0);
+    let exists = lake_query(
+        &rig.root,
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake' AND table_name = 'latest'",
+    );
+    if latest.is_some() && exists[0][0] == 0 {
+        m3 = ROWS;
+    } else if let Some(last) = latest {
+        let got = lake_query(&rig.root, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM latest");
+        let (n, distinct, lo, hi) =
+            (got[0][0].as_i64().unwrap(), got[0][1].as_i64().unwrap(), got[0][2].as_i64(), got[0][3].as_i64());
+        assert_eq!((n, distinct), (ROWS, ROWS), "latest holds {got:?}");
+        let lo = lo.unwrap();
+        assert_eq!((lo % ROWS, hi.unwrap() - lo), (0, ROWS - 1), "latest holds {got:?}");
+        if lo < last {
+            m3 = ROWS; // the last acknowledged replace was lost
+        }
+    }
+    (m1 + m2 + m3, d1 + d2 + d3)
 }
 
 /// [`audit`] of one table; `rows` yields (id, ok) per row.
@@ -280,7 +309,7 @@ fn power_loss_loses_and_duplicates_nothing_acknowledged() {
     // The cuts threw away real work, and the daemon did sync (without
     // both, the test would prove nothing).
     assert!(lost_bytes > 0, "no cut found anything unsynced");
-    for kind in [Kind::Stream, Kind::Upload, Kind::RemoteWrite] {
+    for kind in [Kind::Stream, Kind::Upload, Kind::RemoteWrite, Kind::Replace] {
         let n = acked.iter().filter(|a| a.0 == kind).count();
         assert!(n >= 4, "too few {kind:?} writes to mean anything: {n}");
     }

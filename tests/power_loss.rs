@@ -280,7 +280,10 @@ fn power_loss_loses_and_duplicates_nothing_acknowledged() {
     for round in 0..8 {
         let s = rig.env.serve();
         let stop = AtomicBool::new(false);
-        let cut_after = Duration::from_millis(rng.gen_range(200..2_500));
+        // The first remote write after a start waits for the account's
+        // query worker (it loads what is stored); under this load that can
+        // take two seconds, so rounds are long enough for it to be answered.
+        let cut_after = Duration::from_millis(rng.gen_range(1_000..4_000));
         std::thread::scope(|scope| {
             let writes = scope.spawn(|| write_until(&s, &rig.key, &next, &stop));
             std::thread::sleep(cut_after);

@@ -161,7 +161,7 @@ fn write_until(s: &Server, key: &str, next: &AtomicI64, stop: &AtomicBool) -> Ac
                             acked.lock().unwrap().push((kind, lo, hi));
                         } else if !stop.load(Ordering::Relaxed) {
                             panic!(
-                                "a write was refused before any cut: {} {}",
+                                "a {kind:?} write was refused before any cut: {} {}",
                                 r.status(),
                                 r.text().unwrap_or_default()
                             );

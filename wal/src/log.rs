@@ -143,7 +143,7 @@ impl Wal {
             let path = path.to_path_buf();
             move |source| OpenError::Io { op, path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        segment::create_dir_durably(dir, opts.durability != Durability::None).map_err(io("creating", dir))?;
         let mut names: Vec<(Lsn, PathBuf)> = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io("listing", dir))? {
             let entry = entry.map_err(io("listing", dir))?;

@@ -191,6 +191,24 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and any missing parents; with `sync`, each new directory's
+/// entry is made durable (its parent fsynced), so the log's directory does
+/// not vanish in a power loss after its first acknowledged append (found by
+/// the power-loss test: the segments were synced, the directory holding
+/// them was not).
+pub fn create_dir_durably(dir: &Path, sync: bool) -> std::io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    if sync {
+        for d in missing.iter().rev() {
+            if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates a new segment holding only its header, durably.
 pub fn create_segment(dir: &Path, first_lsn: Lsn, sync: bool) -> std::io::Result<(File, PathBuf)> {
     use std::os::unix::fs::FileExt;

@@ -504,3 +504,90 @@ fn truncation_of_the_active_segment_frees_it_after_the_next_write() {
     assert!(wal.uncompacted_bytes() < 200, "{}", wal.uncompacted_bytes());
     assert_eq!(read_all(&wal, Lsn::new(11)), vec![(lsn, payload(11, 10).to_vec())]);
 }
+
+/// The limits are inclusive: a record of exactly `max_record_bytes`, and an
+/// append that fills the uncompacted or in-flight cap exactly, are taken;
+/// one byte more is refused (found by mutation testing: `>` and `>=` were
+/// indistinguishable to the suite).
+#[test]
+fn limits_are_exact_at_their_boundaries() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(d.path(), small_opts()).unwrap();
+    append(&wal, Bytes::from(vec![1u8; 2048]));
+    let frame = format::frame_len(100) as u64;
+    // Uncompacted cap: room for exactly three frames of 100 bytes past the
+    // segment header already retained.
+    let d = tempfile::tempdir().unwrap();
+    let (probe, _) = Wal::open(d.path(), small_opts()).unwrap();
+    let retained = probe.uncompacted_bytes();
+    drop(probe);
+    let opts = WalOptions { max_uncompacted_bytes: retained + 3 * frame, ..small_opts() };
+    let (wal, _) = Wal::open(d.path(), opts).unwrap();
+    for i in 0..3 {
+        append(&wal, payload(i, 100));
+    }
+    let err = wal.append_batch_blocking(vec![(KIND, payload(3, 1))]).unwrap_err();
+    assert!(err.is_backpressure() && !err.is_disk_full(), "{err}");
+    // In-flight cap: a batch of exactly the cap is taken, one byte over is not.
+    let d = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        max_inflight_bytes: 2 * frame,
+        max_record_bytes: 200,
+        max_uncompacted_bytes: 1 << 30,
+        ..small_opts()
+    };
+    let (wal, _) = Wal::open(d.path(), opts).unwrap();
+    wal.append_batch_blocking(vec![(KIND, payload(0, 100)), (KIND, payload(1, 100))]).unwrap();
+    let err = wal.append_batch_blocking(vec![(KIND, payload(0, 100)), (KIND, payload(1, 101))]).unwrap_err();
+    assert!(err.is_backpressure(), "{err}");
+}
+
+/// `append` (one record) answers its LSN, and the report of a reopen
+/// counts the segments it found.
+#[test]
+fn single_appends_answer_their_lsn_and_reopen_counts_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(d.path(), small_opts()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    for i in 1..=40u64 {
+        assert_eq!(rt.block_on(wal.append(KIND, payload(i, 300))).unwrap(), Lsn::new(i));
+    }
+    drop(wal);
+    let files = segment_files(d.path()).len();
+    assert!(files >= 3);
+    let (_, report) = Wal::open(d.path(), small_opts()).unwrap();
+    assert_eq!((report.segments, report.records), (files, 40));
+}
+
+/// A corrupt record in the last segment: the LSNs the lost bytes could have
+/// held are skipped exactly (one per frame header's worth of bytes), no
+/// more, no less.
+#[test]
+fn lsns_lost_to_corruption_in_the_last_segment_are_skipped_exactly() {
+    let d = tempfile::tempdir().unwrap();
+    let opts = WalOptions { segment_size_bytes: 1 << 20, ..small_opts() };
+    let (wal, _) = Wal::open(d.path(), opts.clone()).unwrap();
+    for i in 0..10 {
+        append(&wal, payload(i, 200));
+    }
+    drop(wal);
+    let last = segment_files(d.path()).pop().unwrap();
+    let offsets = frame_offsets(&last);
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes[offsets[4] as usize + FRAME_HEADER_BYTES + 3] ^= 0xff;
+    std::fs::write(&last, &bytes).unwrap();
+    let (_, report) = Wal::open(d.path(), opts).unwrap();
+    let c = &report.corrupt[0];
+    assert_eq!(c.first_lost_lsn, Lsn::new(5));
+    assert_eq!(c.lost_bytes, bytes.len() as u64 - offsets[4]);
+    assert_eq!(report.next_lsn, Lsn::new(5 + c.lost_bytes / FRAME_HEADER_BYTES as u64 + 1));
+}
+
+#[test]
+fn error_predicates_say_what_they_name() {
+    let bp = AppendError::Backpressure { uncompacted_bytes: 1, max_uncompacted_bytes: 1, inflight_bytes: 0 };
+    assert!(bp.is_backpressure() && !bp.is_disk_full());
+    assert!(!AppendError::Empty.is_backpressure() && !AppendError::Empty.is_disk_full());
+    let full = AppendError::DiskFull { path: PathBuf::new() };
+    assert!(full.is_disk_full() && !full.is_backpressure());
+}

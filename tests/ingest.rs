@@ -526,8 +526,8 @@ fn delete_dataset_goes_through_the_log() {
     error_of(s.get("/api/datasets/mine", Some(&b.key)), 404, "not_found");
 }
 
-/// kill -9 while uploads and streams are acknowledged, the compactor
-/// flushes every 50 ms and maintenance (merge, expire, cleanup) runs every
+/// kill -9 while uploads and streams are in flight and acknowledged, the
+/// compactor flushes every 50 ms and maintenance (merge, expire, cleanup) runs every
 /// 300 ms, five times over: after each restart every acknowledged row is in
 /// the lake exactly once and with its content intact.
 #[test]
@@ -540,30 +540,60 @@ fn kill_dash_nine_loses_and_duplicates_nothing() {
     let a = account(&env, "acme");
     let tmp = tempfile::tempdir().unwrap();
     let mut acked: Vec<(i64, i64)> = Vec::new(); // id ranges [lo, hi)
-    let mut next_id: i64 = 0;
-    for round in 0..5 {
+    let next_id = std::sync::atomic::AtomicI64::new(0);
+    for round in 0..5u64 {
         let s = env.serve();
-        let stop_at = Instant::now() + Duration::from_millis(1_000 + 400 * round);
-        let mut i = 0;
-        while Instant::now() < stop_at {
-            let (lo, n) = (next_id, 2_000i64);
-            next_id += n;
-            let ok = if i % 2 == 0 {
-                let f = arrow_stream_file(tmp.path(), &format!("r{round}-{i}.arrows"), lo, 4, (n / 4) as usize);
-                stream(&s, &a, "events", "", std::fs::read(&f).unwrap()).status().is_success()
-            } else {
-                let csv: String = std::iter::once("id,name,v\n".to_string())
-                    .chain((lo..lo + n).map(|id| format!("{id},n{id},{}\n", id as f64 / 2.0)))
-                    .collect();
-                upload(&s, &a, "events", "", "text/csv", csv).status().is_success()
-            };
-            if ok {
-                acked.push((lo, lo + n));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        // Two writers (streams from pyarrow files, CSV uploads) keep requests
+        // in flight; the kill lands while they are (a stream part-way, an
+        // upload being converted or staged).
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..2)
+                .map(|kind| {
+                    let (s, a, tmp, next_id, stop) = (&s, &a, tmp.path(), &next_id, &stop);
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        let mut i = 0;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let n = 2_000i64;
+                            let lo = next_id.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                            let res = if kind == 0 {
+                                let f =
+                                    arrow_stream_file(tmp, &format!("r{round}-{i}.arrows"), lo, 4, (n / 4) as usize);
+                                s.http
+                                    .post(s.url("/api/stream/arrow/events"))
+                                    .header("X-API-Key", &a.key)
+                                    .header("Content-Type", "application/vnd.apache.arrow.stream")
+                                    .body(std::fs::read(&f).unwrap())
+                                    .send()
+                            } else {
+                                let csv: String = std::iter::once("id,name,v\n".to_string())
+                                    .chain((lo..lo + n).map(|id| format!("{id},n{id},{}\n", id as f64 / 2.0)))
+                                    .collect();
+                                s.http
+                                    .post(s.url("/api/datasets/events/upload"))
+                                    .header("X-API-Key", &a.key)
+                                    .header("Content-Type", "text/csv")
+                                    .body(csv)
+                                    .send()
+                            };
+                            // Not acknowledged (the kill cut it off): may land or not.
+                            if res.is_ok_and(|r| r.status().is_success()) {
+                                mine.push((lo, lo + n));
+                            }
+                            i += 1;
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(1_000 + 400 * round));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = Command::new("kill").args(["-9", &s.pid().to_string()]).status();
+            for w in writers {
+                acked.extend(w.join().unwrap());
             }
-            i += 1;
-        }
-        // Unacknowledged writes in flight at the kill may land or not.
-        let _ = Command::new("kill").args(["-9", &s.pid().to_string()]).status();
+        });
         drop(s);
     }
     // Restart: the log is replayed into the lake.

@@ -19,10 +19,13 @@ fn payload(i: u64) -> Bytes {
     Bytes::from((0..(100 + i % 300)).map(|j| (i * 7 + j) as u8).collect::<Vec<u8>>())
 }
 
+/// Records as (LSN, payload).
+type Records = Vec<(Lsn, Vec<u8>)>;
+
 /// Appends 300 records (rotating segments, truncating behind), cuts the
 /// power, reopens; returns (acknowledged, found) records above the
 /// truncation point.
-fn acked_and_found(durability: Durability) -> (Vec<(Lsn, Bytes)>, Vec<(Lsn, Vec<u8>)>) {
+fn acked_and_found(durability: Durability) -> (Records, Records) {
     let mount = tempfile::tempdir().unwrap();
     let mut fs = LazyFs::mount(mount.path()).expect("mounting lazyfs (needs root and /dev/fuse)");
     let dir = fs.path().join("wal");
@@ -31,7 +34,7 @@ fn acked_and_found(durability: Durability) -> (Vec<(Lsn, Bytes)>, Vec<(Lsn, Vec<
     for i in 0..300u64 {
         let p = payload(i);
         let lsn = wal.append_batch_blocking(vec![(KIND, p.clone())]).unwrap().first;
-        acked.push((lsn, p));
+        acked.push((lsn, p.to_vec()));
         if i == 150 {
             wal.truncate_before(Lsn::new(100)).unwrap();
         }
@@ -39,7 +42,7 @@ fn acked_and_found(durability: Durability) -> (Vec<(Lsn, Bytes)>, Vec<(Lsn, Vec<
     drop(wal);
     fs.power_loss().unwrap();
     let (wal, report) = Wal::open(&dir, opts(durability)).unwrap();
-    let found: Vec<(Lsn, Vec<u8>)> =
+    let found: Records =
         wal.read_from(Lsn::new(100)).unwrap().map(|r| r.map(|r| (r.lsn, r.payload)).unwrap()).collect();
     // LSNs never go back, whatever was lost.
     assert!(report.next_lsn > found.last().map(|f| f.0).unwrap_or(Lsn::new(0)));
@@ -51,7 +54,6 @@ fn acked_and_found(durability: Durability) -> (Vec<(Lsn, Bytes)>, Vec<(Lsn, Vec<
 fn acknowledged_appends_survive_a_power_loss() {
     for durability in [Durability::Fsync, Durability::Batch { window_ms: 1 }] {
         let (acked, found) = acked_and_found(durability);
-        let acked: Vec<(Lsn, Vec<u8>)> = acked.into_iter().map(|(l, p)| (l, p.to_vec())).collect();
         assert_eq!(found.len(), acked.len(), "{durability:?}: records lost");
         assert!(found == acked, "{durability:?}: records differ");
     }

@@ -106,7 +106,8 @@ pub fn run(
     Ok(outcome)
 }
 
-/// Deletes the files DuckLake scheduled for deletion more than `grace` ago.
+/// Deletes the files DuckLake scheduled for deletion more than `grace` ago
+/// (all of them when `grace` is zero).
 ///
 /// A merge schedules the files it replaced at once (merged files keep
 /// time travel), so without a grace a query already reading them would
@@ -118,11 +119,6 @@ pub fn run(
 /// tried again next run.
 fn cleanup(writer: &LakeWriter, now_s: f64, grace: Duration) -> Result<(), LakeError> {
     let conn = writer.connection();
-    if grace.is_zero() {
-        return conn
-            .execute_batch(&format!("CALL ducklake_cleanup_old_files('{LAKE_ALIAS}', cleanup_all => true)"))
-            .map_err(LakeError::duckdb("deleting unreferenced files"));
-    }
     let location = writer.location();
     let schedule = format!("{}.ducklake_files_scheduled_for_deletion", location.metadata_tables(LAKE_ALIAS));
     let cutoff_us = ((now_s - grace.as_secs_f64()) * 1e6) as i64;
@@ -139,12 +135,25 @@ fn cleanup(writer: &LakeWriter, now_s: f64, grace: Duration) -> Result<(), LakeE
         rows.collect::<Result<_, _>>().map_err(LakeError::duckdb("reading the deletion schedule"))?
     };
     let mut deleted = Vec::new();
+    let mut dirs = std::collections::BTreeSet::new();
     for (id, path, relative) in due {
         let file = if relative { location.data_path.join(&path) } else { std::path::PathBuf::from(&path) };
         match std::fs::remove_file(&file) {
             Ok(()) => deleted.push(id),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => deleted.push(id),
             Err(e) => tracing::warn!(file = %file.display(), error = %e, "could not delete an unreferenced data file"),
+        }
+        if let Some(dir) = file.parent() {
+            dirs.insert(dir.to_path_buf());
+        }
+    }
+    // The unlinks are durable before their schedule rows go: after a power
+    // loss a file must not come back with nothing left to delete it.
+    for dir in &dirs {
+        match crate::durable::sync_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(LakeError::Io { context: format!("syncing {}", dir.display()), error }),
         }
     }
     for ids in deleted.chunks(CLEANUP_ROWS_PER_STATEMENT) {

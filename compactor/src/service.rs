@@ -344,7 +344,7 @@ impl AccountCompactor {
             match LogRecord::decode(r.kind.0, payload.clone()) {
                 Ok(rec) => records.push((r.lsn, rec)),
                 Err(e) => {
-                    self.quarantine(r.lsn, None, &payload, &format!("undecodable record: {e}"))?;
+                    self.quarantine(r.lsn, None, &payload, &format!("undecodable record: {e}"), None)?;
                     quarantined.push(r.lsn);
                 }
             }
@@ -425,11 +425,11 @@ impl AccountCompactor {
             let idx = records.iter().position(|(l, _)| *l == lsn).expect("blamed record is in the slice");
             let (lsn, rec) = records.remove(idx);
             let (_, payload) = rec.encode();
-            self.quarantine(lsn, Some(rec.table().as_str()), &payload, &reason)?;
-            if let LogRecord::StagedFile(f) = &rec {
-                let from = self.opts.staged_dir.join(f.file.as_str());
-                let _ = std::fs::rename(&from, self.opts.quarantine_dir.join(f.file.as_str()));
-            }
+            let staged = match &rec {
+                LogRecord::StagedFile(f) => Some(f.file.as_str()),
+                _ => None,
+            };
+            self.quarantine(lsn, Some(rec.table().as_str()), &payload, &reason, staged)?;
             quarantined.push(lsn);
         }
     }
@@ -488,8 +488,28 @@ impl AccountCompactor {
     /// Keeps an unusable record's bytes and what is known of it for the
     /// account to inspect (`<lsn>.record` and `<lsn>.json`), and says so
     /// loudly. Both files are written before the log moves past the record.
-    fn quarantine(&self, lsn: Lsn, table: Option<&str>, payload: &[u8], reason: &str) -> Result<(), CompactorError> {
+    ///
+    /// A staged-file record's payload is only the file's name: the staged
+    /// Parquet file (the acknowledged rows) moves into the quarantine too,
+    /// durably, before the log moves on (the open-time sweep of `staged/`
+    /// would delete it otherwise).
+    fn quarantine(
+        &self,
+        lsn: Lsn,
+        table: Option<&str>,
+        payload: &[u8],
+        reason: &str,
+        staged: Option<&str>,
+    ) -> Result<(), CompactorError> {
         std::fs::create_dir_all(&self.opts.quarantine_dir).map_err(CompactorError::Quarantine)?;
+        if let Some(file) = staged {
+            match std::fs::rename(self.opts.staged_dir.join(file), self.opts.quarantine_dir.join(file)) {
+                Ok(()) => {}
+                // A record refused because its file is missing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CompactorError::Quarantine(e)),
+            }
+        }
         let path = self.opts.quarantine_dir.join(format!("{:020}.record", lsn.get()));
         std::fs::write(&path, payload).map_err(CompactorError::Quarantine)?;
         let entry = QuarantinedRecord {
@@ -508,6 +528,7 @@ impl AccountCompactor {
         crate::durable::sync_file(&path)
             .and_then(|()| crate::durable::sync_file(&path.with_extension("json")))
             .and_then(|()| crate::durable::sync_dir(&self.opts.quarantine_dir))
+            .and_then(|()| if staged.is_some() { crate::durable::sync_dir(&self.opts.staged_dir) } else { Ok(()) })
             .and_then(|()| self.opts.quarantine_dir.parent().map_or(Ok(()), crate::durable::sync_dir))
             .map_err(CompactorError::Quarantine)?;
         tracing::error!(account = %self.opts.metrics_label, %lsn, table = table.unwrap_or("?"), reason,

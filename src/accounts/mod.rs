@@ -424,9 +424,12 @@ impl AccountService {
             Ok(()) => Ok(layout::catalog_journal_mode(&catalog, self.catalogs.sqlite_wal()).await?),
             Err(e) => Err(e),
         };
-        // Durable before the account is: its directories, the catalog file
-        // and their entries up to the storage root (SQLite syncs what it
-        // writes later, but not the directory entry of the file it made).
+        // Durable before its first key is issued: the account's directories,
+        // the catalog file and their entries up to the storage root (SQLite
+        // syncs what it writes later, but not the directory entry of the
+        // file it made). The metadata row is committed before this; a power
+        // loss in between leaves a row whose tree may be incomplete (the
+        // account holds no data yet; opening it attaches an empty lake).
         let setup = match setup {
             Ok(()) => {
                 let root = layout.root().to_path_buf();

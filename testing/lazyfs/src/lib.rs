@@ -4,13 +4,19 @@
 //! directory) made durable, and at a cut ([`LazyFs::power_loss`]) forgets
 //! everything else, as a machine that loses power forgets its page cache.
 //!
-//! What counts as durable is POSIX's strict reading, stricter than ext4 in
-//! its default mode:
+//! What counts as durable is POSIX's strict reading:
 //! - a file's bytes and size: as of its last fsync or fdatasync;
 //! - a directory's entries (files created, renamed into it, unlinked from
 //!   it, subdirectories): as of its last fsync. A new file whose data was
 //!   synced but whose directory was not is gone after the cut; an unlinked
 //!   file whose directory was not synced comes back.
+//!
+//! A cut produces one crash state, the one with nothing unsynced: no
+//! partial write-back, no torn tail, no unsynced rename that happened to
+//! reach the disk. So it finds missing fsyncs of data and of directory
+//! entries; it does not find code that relies on an unsynced rename being
+//! all or nothing (a real disk may keep such a rename with the new file
+//! empty), nor exercise torn-record recovery (the WAL's own tests do).
 //!
 //! Everything lives in memory (tests write megabytes, not gigabytes). After
 //! a cut the file system is mounted again, so no kernel cache of the old
@@ -20,7 +26,7 @@
 //! Mounting needs root and /dev/fuse (the `fuser` crate's own mount(2); no
 //! libfuse, no fusermount).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -47,7 +53,8 @@ pub struct Cut {
     pub files_reverted: usize,
     /// Directories whose entries went back to their last fsync.
     pub directories_reverted: usize,
-    /// Bytes written since the last fsync of their file, now gone.
+    /// How much the reverted files' sizes changed (overwrites in place
+    /// count as 0: a rough measure that the cut threw work away).
     pub bytes_lost: u64,
 }
 
@@ -187,7 +194,7 @@ impl State {
             }
             node.open = 0;
         }
-        let mut reachable = std::collections::HashSet::from([ROOT]);
+        let mut reachable = HashSet::from([ROOT]);
         let mut todo = vec![ROOT];
         while let Some(ino) = todo.pop() {
             if let Some(n) = self.nodes.get(&ino) {
@@ -199,7 +206,6 @@ impl State {
             }
         }
         self.nodes.retain(|ino, _| reachable.contains(ino));
-        self.mount_generation += 1;
         cut
     }
 }
@@ -222,7 +228,7 @@ impl LazyFs {
 
     fn spawn(&self) -> io::Result<BackgroundSession> {
         let generation = self.state.lock().unwrap().mount_generation;
-        let fs = Handle { state: self.state.clone(), generation };
+        let fs = Handle { state: self.state.clone(), generation, listings: HashMap::new(), next_fh: 1 };
         let options = [MountOption::FSName("lazyfs".into()), MountOption::Subtype("lazyfs".into())];
         fuser::spawn_mount2(fs, &self.mountpoint, &options)
     }
@@ -235,6 +241,10 @@ impl LazyFs {
     /// The power loss: unmounts, forgets everything not durable, mounts
     /// again. Stop every process using the file system first.
     pub fn power_loss(&mut self) -> io::Result<Cut> {
+        // From this instant nothing through the old mount counts: a process
+        // still holding a file there (a lingering child of a killed daemon)
+        // gets EIO, not a sync recorded after the cut.
+        self.state.lock().unwrap().mount_generation += 1;
         self.detach();
         let cut = self.state.lock().unwrap().revert();
         self.session = Some(self.spawn()?);
@@ -251,7 +261,7 @@ impl LazyFs {
         drop(self.session.take());
     }
 
-    /// Operations counted since the mount.
+    /// Operations counted since the first mount (across cuts).
     pub fn counters(&self) -> Counters {
         self.state.lock().unwrap().counters
     }
@@ -269,6 +279,11 @@ impl Drop for LazyFs {
 struct Handle {
     state: Arc<Mutex<State>>,
     generation: u64,
+    /// Each open directory's listing as of its opendir: offsets index into
+    /// it, so entries added or removed meanwhile never make a listing skip
+    /// or repeat one that stayed.
+    listings: HashMap<u64, Vec<(u64, FileType, OsString)>>,
+    next_fh: u64,
 }
 
 impl Handle {
@@ -318,6 +333,22 @@ impl Handle {
         p.children.insert(name.to_os_string(), ino);
         p.mtime = SystemTime::now();
         Ok(attr)
+    }
+
+    /// A directory's entries now, `.` and `..` first.
+    fn listing(&self, ino: u64) -> Result<Vec<(u64, FileType, OsString)>, i32> {
+        let s = self.state()?;
+        let n = s.nodes.get(&ino).ok_or(libc::ENOENT)?;
+        if !n.dir {
+            return Err(libc::ENOTDIR);
+        }
+        let mut entries =
+            vec![(ino, FileType::Directory, OsString::from(".")), (ino, FileType::Directory, "..".into())];
+        for (name, &c) in &n.children {
+            let kind = if s.nodes.get(&c).is_some_and(|n| n.dir) { FileType::Directory } else { FileType::RegularFile };
+            entries.push((c, kind, name.clone()));
+        }
+        Ok(entries)
     }
 
     fn remove(&mut self, parent: u64, name: &OsStr, dir: bool) -> Result<(), i32> {
@@ -596,33 +627,37 @@ impl Filesystem for Handle {
         }
     }
 
-    fn readdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, offset: i64, mut reply: ReplyDirectory) {
-        let r = self.state().and_then(|mut s| {
-            let n = node(&mut s, ino)?;
-            if !n.dir {
-                return Err(libc::ENOTDIR);
-            }
-            let mut entries =
-                vec![(ino, FileType::Directory, OsString::from(".")), (ino, FileType::Directory, "..".into())];
-            let kids: Vec<(OsString, u64)> = n.children.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            for (name, c) in kids {
-                let kind =
-                    if s.nodes.get(&c).is_some_and(|n| n.dir) { FileType::Directory } else { FileType::RegularFile };
-                entries.push((c, kind, name));
-            }
-            Ok(entries)
-        });
-        match r {
+    fn opendir(&mut self, _req: &Request<'_>, ino: u64, _flags: i32, reply: fuser::ReplyOpen) {
+        match self.listing(ino) {
             Ok(entries) => {
-                for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset.max(0) as usize) {
-                    if reply.add(ino, (i + 1) as i64, kind, name) {
-                        break;
-                    }
-                }
-                reply.ok()
+                let fh = self.next_fh;
+                self.next_fh += 1;
+                self.listings.insert(fh, entries);
+                reply.opened(fh, 0)
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn readdir(&mut self, _req: &Request<'_>, ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
+        let entries = match self.listings.get(&fh) {
+            Some(l) => l.clone(),
+            None => match self.listing(ino) {
+                Ok(l) => l,
+                Err(e) => return reply.error(e),
+            },
+        };
+        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset.max(0) as usize) {
+            if reply.add(ino, (i + 1) as i64, kind, name) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+        self.listings.remove(&fh);
+        reply.ok()
     }
 
     fn fsyncdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {

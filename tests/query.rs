@@ -135,6 +135,20 @@ fn every_type_is_rendered_faithfully() {
     assert_eq!(&types[..5], ["BIGINT", "BIGINT", "UBIGINT", "HUGEINT", "DECIMAL(10,2)"]);
 }
 
+/// Reads a download of `format` with pyarrow into `t`, then runs `then`
+/// (Python) and returns what it printed.
+fn read_with_pyarrow(path: &std::path::Path, format: &str, then: &str) -> String {
+    let reader = match format {
+        "csv" => "pyarrow.csv.read_csv(p)",
+        "parquet" => "pyarrow.parquet.read_table(p)",
+        _ => "pyarrow.ipc.open_stream(open(p, 'rb')).read_all()",
+    };
+    python(&format!(
+        "import pyarrow, pyarrow.csv, pyarrow.parquet, pyarrow.ipc\np = {:?}\nt = {reader}\n{then}",
+        path.display().to_string()
+    ))
+}
+
 /// CSV, Parquet and Arrow downloads (by `format` and by `Accept`), read back
 /// by pyarrow.
 #[test]
@@ -168,16 +182,12 @@ fn downloads_read_back_with_pyarrow() {
             assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
             let path = tmp.path().join(format!("r{i}.{format}"));
             std::fs::write(&path, r.bytes().unwrap()).unwrap();
-            let reader = match format {
-                "csv" => "pyarrow.csv.read_csv(p)",
-                "parquet" => "pyarrow.parquet.read_table(p)",
-                _ => "pyarrow.ipc.open_stream(open(p, 'rb')).read_all()",
-            };
-            let out = python(&format!(
-                "import pyarrow, pyarrow.csv, pyarrow.parquet, pyarrow.ipc, pyarrow.compute as pc\n\
-                 p = {:?}\nt = {reader}\nprint(t.num_rows, t.column_names, pc.sum(t['id']).as_py(), t['name'][7].as_py())",
-                path.display().to_string()
-            ));
+            let out = read_with_pyarrow(
+                &path,
+                format,
+                "import pyarrow.compute as pc\n\
+                 print(t.num_rows, t.column_names, pc.sum(t['id']).as_py(), t['name'][7].as_py())",
+            );
             assert_eq!(out.trim(), "100000 ['id', 'half', 'name'] 4999950000 r7", "{format}");
         }
     }
@@ -606,15 +616,7 @@ fn snapshots_in_downloads_and_past_retention() {
             assert_eq!(r.headers()["x-duckpond-snapshot-id"].to_str().unwrap(), want_id.to_string(), "{format}");
             let path = tmp.path().join(format!("n.{format}"));
             std::fs::write(&path, r.bytes().unwrap()).unwrap();
-            let reader = match format {
-                "csv" => "pyarrow.csv.read_csv(p)",
-                "parquet" => "pyarrow.parquet.read_table(p)",
-                _ => "pyarrow.ipc.open_stream(open(p, 'rb')).read_all()",
-            };
-            let out = python(&format!(
-                "import pyarrow, pyarrow.csv, pyarrow.parquet, pyarrow.ipc\np = {:?}\nprint({reader}['n'][0].as_py())",
-                path.display().to_string()
-            ));
+            let out = read_with_pyarrow(&path, format, "print(t['n'][0].as_py())");
             assert_eq!(out.trim(), want_rows.to_string(), "{format} at {snapshot:?}");
         }
     }

@@ -87,12 +87,16 @@ struct Node {
 
 impl Node {
     fn new(dir: bool, perm: u16, req: &Request<'_>) -> Self {
+        Node::owned_by(dir, perm, req.uid(), req.gid())
+    }
+
+    fn owned_by(dir: bool, perm: u16, uid: u32, gid: u32) -> Self {
         let now = SystemTime::now();
         Node {
             dir,
             perm,
-            uid: req.uid(),
-            gid: req.gid(),
+            uid,
+            gid,
             atime: now,
             mtime: now,
             ctime: now,
@@ -136,21 +140,7 @@ struct State {
 
 impl State {
     fn new() -> Self {
-        let now = SystemTime::now();
-        let root = Node {
-            dir: true,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            data: Vec::new(),
-            durable_data: Vec::new(),
-            children: BTreeMap::new(),
-            durable_children: BTreeMap::new(),
-            open: 0,
-        };
+        let root = Node::owned_by(true, 0o755, 0, 0);
         State {
             nodes: HashMap::from([(ROOT, root)]),
             next_ino: ROOT + 1,

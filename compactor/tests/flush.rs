@@ -355,3 +355,52 @@ fn maintenance_merges_and_keeps_the_committed_lsn() {
     drop(c);
     assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 121);
 }
+
+/// A staged upload the lake refuses is quarantined with its Parquet file,
+/// the only copy of rows that were acknowledged: the file moves into the
+/// quarantine durably, so neither a power loss (the account on lazyfs,
+/// which forgets what no fsync covered) nor the sweep of `staged/` at the
+/// next open can lose it.
+#[test]
+fn a_refused_staged_file_moves_into_the_quarantine_durably() {
+    use duckpond_schema::{StagedFile, StagedFileName};
+    let mount = tempfile::tempdir().unwrap();
+    let mut fs = duckpond_lazyfs::LazyFs::mount(mount.path()).expect("mounting lazyfs (needs root and /dev/fuse)");
+    let root = fs.path().join("acct");
+    std::fs::create_dir(&root).unwrap();
+    let acct = Account::new(&root);
+    // What account creation does in the daemon.
+    duckpond_compactor::durable::sync_tree(&root).unwrap();
+    let rt = rt();
+    let c = acct.open();
+    rt.block_on(c.wal().append_batch(vec![raw(&rows("t", 1, 0, 4))])).unwrap();
+    c.flush_blocking().unwrap();
+    // A staged file whose `writer` column holds text: the insert into the
+    // BIGINT column is refused.
+    let name = StagedFileName::from_hex_id(&"ab".repeat(16)).unwrap();
+    let staged = root.join("staged").join(name.as_str());
+    let schema = Arc::new(Schema::new(vec![Field::new("writer", DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec!["not a number"]))]).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&staged).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    duckpond_compactor::durable::sync_file(&staged).unwrap();
+    duckpond_compactor::durable::sync_dir(staged.parent().unwrap()).unwrap();
+    let bytes = std::fs::metadata(&staged).unwrap().len();
+    let rec =
+        LogRecord::StagedFile(StagedFile { table: TableName::parse("t").unwrap(), file: name.clone(), rows: 1, bytes });
+    rt.block_on(c.wal().append_batch(vec![raw(&rec)])).unwrap();
+    let out = c.flush_blocking().unwrap();
+    assert_eq!(out.quarantined.len(), 1, "{out:?}");
+    drop(c);
+    fs.power_loss().unwrap();
+    let kept = root.join("quarantine").join(name.as_str());
+    assert!(kept.is_file(), "the refused upload's file is gone after the power loss");
+    assert_eq!(std::fs::metadata(&kept).unwrap().len(), bytes);
+    // The next open sweeps staged/; the quarantined file stays.
+    let c = acct.open();
+    assert!(kept.is_file() && !staged.exists());
+    assert_eq!(c.quarantined().len(), 1);
+    drop(c);
+    assert_eq!(query_i64(&acct, "SELECT count(*) FROM lake.t"), 4);
+}
